@@ -1,0 +1,23 @@
+"""HTTP and websockets. Websockets are authenticated from the session and origin-checked
+against ALLOWED_HOSTS; each consumer then asks governance.access what the user may see."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from scheduler.routing import websocket_urlpatterns as scheduler_ws  # noqa: E402
+from workspaces.routing import websocket_urlpatterns as workspaces_ws  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(scheduler_ws + workspaces_ws))),
+    }
+)

@@ -1,0 +1,139 @@
+"""Shared fixtures: one user per role around one team, and service availability.
+
+Services that may be absent on a newcomer's machine (Redis, Docker, Chromium) skip their tests
+there; with PORTAL_REQUIRE_SERVICES=1 (set by .ci/run) a missing service fails the run instead."""
+
+import os
+import shutil
+import socket
+
+import pytest
+from django.conf import settings
+
+from governance.models import Role
+from tests.factories import MembershipFactory, TeamFactory, UserFactory
+
+REQUIRE_SERVICES = os.environ.get("PORTAL_REQUIRE_SERVICES") == "1"
+
+ROLES = ["anonymous", "outsider", "viewer", "member", "admin", "owner", "approver", "auditor", "platform_admin"]
+
+
+def service_missing(what: str) -> None:
+    """Skip locally, fail in CI: CI must never pass by skipping real-service tests."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{what} is required in CI (PORTAL_REQUIRE_SERVICES=1) but is unavailable")
+    pytest.skip(f"{what} unavailable on this machine")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_url():
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if not _port_open("127.0.0.1", 6379):
+        service_missing("Redis")
+    return url
+
+
+@pytest.fixture
+def docker_client():
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception:  # noqa: BLE001
+        service_missing("Docker engine")
+    return client
+
+
+@pytest.fixture
+def chromium_path():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        service_missing("Chromium")
+    return path
+
+
+@pytest.fixture
+def team(db):
+    return TeamFactory(name="Vision", slug="vision")
+
+
+@pytest.fixture
+def other_team(db):
+    return TeamFactory(name="Speech", slug="speech")
+
+
+def _member(team, username, role):
+    user = UserFactory(username=username)
+    MembershipFactory(team=team, user=user, role=role)
+    return user
+
+
+@pytest.fixture
+def owner(team):
+    return _member(team, "olivia-owner", Role.OWNER)
+
+
+@pytest.fixture
+def team_admin(team):
+    return _member(team, "adam-admin", Role.ADMIN)
+
+
+@pytest.fixture
+def member(team):
+    return _member(team, "mia-member", Role.MEMBER)
+
+
+@pytest.fixture
+def viewer(team):
+    return _member(team, "victor-viewer", Role.VIEWER)
+
+
+@pytest.fixture
+def outsider(other_team):
+    return _member(other_team, "oscar-outsider", Role.OWNER)
+
+
+@pytest.fixture
+def approver(db):
+    return UserFactory(username="april-approver", is_approver=True)
+
+
+@pytest.fixture
+def auditor(db):
+    return UserFactory(username="audrey-auditor", is_auditor=True)
+
+
+@pytest.fixture
+def platform_admin(db):
+    return UserFactory(username="pat-platform", is_platform_admin=True)
+
+
+@pytest.fixture
+def user_for_role(request, team, other_team):
+    """Resolve a role name (one of ROLES) to a user, or None for anonymous."""
+
+    def resolve(role: str):
+        if role == "anonymous":
+            return None
+        fixture = {"admin": "team_admin"}.get(role, role)
+        return request.getfixturevalue(fixture)
+
+    return resolve
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(settings, tmp_path):
+    settings.PORTAL_TASKS = "eager"
+    settings.PORTAL_WORKSPACE_ROOT = tmp_path / "workspaces"
+    settings.AXES_ENABLED = True
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.STORAGES = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
