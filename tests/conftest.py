@@ -135,8 +135,8 @@ def _isolated_settings(settings, tmp_path):
     settings.PORTAL_TASKS = "eager"
     settings.PORTAL_WORKSPACE_ROOT = tmp_path / "workspaces"
     settings.AXES_ENABLED = True
+    settings.SECURE_SSL_REDIRECT = False  # the test client speaks plain HTTP; TLS is the proxy's job
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    settings.STORAGES = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
 
 
 @pytest.fixture(autouse=True)
