@@ -77,6 +77,11 @@ is_team_admin = role_at_least(Role.ADMIN)
 is_team_owner = role_at_least(Role.OWNER)
 is_platform_staff = is_platform_admin | is_approver | is_auditor
 
+
+@rules.predicate
+def owns_a_team(user) -> bool:
+    return any(role == Role.OWNER for role in team_roles(user).values())
+
 perms = rules.RuleSet()
 # Teams and people
 perms.add_rule("team.view", is_team_viewer | is_platform_staff)
@@ -92,6 +97,7 @@ perms.add_rule("quota.grant_edit", is_platform_admin)
 perms.add_rule("fleet.view", is_platform_staff)
 perms.add_rule("fleet.manage", is_platform_admin)
 perms.add_rule("audit.view", is_auditor | is_platform_admin)
+perms.add_rule("quota.view", owns_a_team | is_platform_staff)
 perms.add_rule("account.use", is_authenticated)
 
 
@@ -134,7 +140,7 @@ def navigation_for(user) -> dict:
     in_a_team = bool(roles)
     return {
         "workspaces": in_a_team or is_platform_admin(user),
-        "quota": any(ROLE_RANK[r] >= ROLE_RANK[Role.OWNER] for r in roles.values()) or can(user, "quota.decide"),
+        "quota": can(user, "quota.view") or can(user, "quota.decide"),
         "fleet": can(user, "fleet.view"),
         "audit": can(user, "audit.view"),
         "admin": is_platform_admin(user),

@@ -104,6 +104,14 @@ class QuotaGrant(models.Model):
     def __str__(self):
         return f"{self.team}: {self.count}x {self.flavor}"
 
+    @property
+    def state(self) -> str:
+        """upcoming, active or ended, as of now."""
+        now = timezone.now()
+        if self.ends_at is not None and self.ends_at <= now:
+            return "ended"
+        return "upcoming" if self.starts_at > now else "active"
+
 
 class ApiToken(models.Model):
     """A personal API token. Only a SHA-256 of the secret is stored; the secret is shown once."""

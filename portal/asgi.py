@@ -13,11 +13,22 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from scheduler.routing import websocket_urlpatterns as scheduler_ws  # noqa: E402
+from workspaces.proxy import lab_proxy_application  # noqa: E402
 from workspaces.routing import websocket_urlpatterns as workspaces_ws  # noqa: E402
+
+_lab_proxy = lab_proxy_application()
+
+
+async def http_application(scope, receive, send):
+    """Workspace labs under /w/ stream through the ASGI proxy; everything else is Django."""
+    if scope["path"].startswith("/w/"):
+        return await _lab_proxy(scope, receive, send)
+    return await django_asgi_app(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(scheduler_ws + workspaces_ws))),
     }
 )

@@ -23,6 +23,8 @@ def beat_schedule() -> dict:
     return {
         "schedule-pass": {"task": "scheduler.tasks.schedule_pass", "schedule": _seconds("PORTAL_SCHEDULE_SECONDS", 5)},
         "node-heartbeat-check": {"task": "scheduler.tasks.nodes_mark_down", "schedule": 10.0},
+        # Embedded default only: beats for the simulated nodes; under Celery each node agent beats itself.
+        "node-heartbeat": {"task": "scheduler.tasks.node_heartbeat", "schedule": _seconds("PORTAL_HEARTBEAT_SECONDS", 10)},
         "telemetry-sample": {"task": "scheduler.tasks.telemetry_sample_all", "schedule": _seconds("PORTAL_SAMPLE_SECONDS", 1)},
         "telemetry-rollup": {"task": "scheduler.tasks.telemetry_rollup", "schedule": 60.0},
         "workspaces-reconcile": {"task": "workspaces.tasks.workspaces_reconcile", "schedule": 30.0},

@@ -23,6 +23,7 @@ def _loop() -> None:
     from portal.tasks import _run_in_thread, _thread_pool
 
     time.sleep(2)  # let the server finish starting
+    app.loader.import_default_modules()  # autodiscovery is lazy: register the apps' tasks before looking them up
     schedule = beat_schedule()
     next_run = {name: time.monotonic() for name in schedule}
     running: dict[str, object] = {}

@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files: no CDN
     "channels",
     "django_htmx",
     "axes",
@@ -201,7 +202,9 @@ SECURE_HSTS_PRELOAD = SECURE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", SECURE) else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-X_FRAME_OPTIONS = "SAMEORIGIN"  # JupyterLab is served through the portal under /w/ and frames itself
+# Portal pages are never framed. JupyterLab under /w/ is served by the raw ASGI proxy
+# (workspaces/proxy.py), outside Django's middleware, so the lab keeps framing its own documents.
+X_FRAME_OPTIONS = "DENY"
 
 # --- Login throttling ---
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
@@ -210,6 +213,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"  # the sign-in page, saying why and for how long
 
 # --- Email ---
 EMAIL_BACKEND = env_str(
@@ -228,7 +232,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 200, "expiry": 30, "group_expiry": 300},
+            # CHANNEL_LAYER_PREFIX keeps deployments (or a benchmark) sharing one Redis apart
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 200, "expiry": 30, "group_expiry": 300,
+                       "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi")},
         }
     }
 else:
@@ -271,6 +277,17 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Several models have a "state" field; name each choice set once so the schema (and
+    # `check --deploy`, which runs drf-spectacular's checks) has no naming collision.
+    "ENUM_NAME_OVERRIDES": {
+        "TeamRoleEnum": "governance.models.Role",
+        "NodeStateEnum": "scheduler.models.Node.State",
+        "AllocationRequestStateEnum": "scheduler.models.AllocationRequest.State",
+        "WorkspaceStateEnum": "workspaces.models.Workspace.State",
+    },
 }
 
 # --- The product's own settings ---
@@ -282,6 +299,10 @@ PORTAL_LAUNCHER = env_str("PORTAL_LAUNCHER", "local")  # local | docker
 PORTAL_DOCKER_GPU_MODE = env_str("PORTAL_DOCKER_GPU_MODE", "device_request")  # device_request | env
 PORTAL_HEARTBEAT_SECONDS = env_int("PORTAL_HEARTBEAT_SECONDS", 10)
 PORTAL_SAMPLE_SECONDS = env_float("PORTAL_SAMPLE_SECONDS", 1.0)
+# Telemetry retention: raw samples (seconds), 60 s rollups (days), 3600 s rollups (days).
+PORTAL_TELEMETRY_RAW_SECONDS = env_int("PORTAL_TELEMETRY_RAW_SECONDS", 3600)
+PORTAL_TELEMETRY_MINUTE_DAYS = env_int("PORTAL_TELEMETRY_MINUTE_DAYS", 30)
+PORTAL_TELEMETRY_HOUR_DAYS = env_int("PORTAL_TELEMETRY_HOUR_DAYS", 365)
 PORTAL_SCHEDULE_SECONDS = env_int("PORTAL_SCHEDULE_SECONDS", 5)
 PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN")
 PORTAL_WORKSPACE_ROOT = Path(env_str("PORTAL_WORKSPACE_ROOT", str(LOCAL_DIR / "workspaces")))

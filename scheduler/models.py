@@ -20,6 +20,9 @@ class Node(models.Model):
     capacity = models.JSONField(default=dict, blank=True, help_text="Free-form: cpu, memory_gb, ...")
     simulated = models.BooleanField(default=False)
     gone_confirmed_at = models.DateTimeField(null=True, blank=True, help_text="A platform admin confirmed a down node is gone.")
+    # An admin's drain outlives an outage: a drained node that goes down comes back draining.
+    drain_reason = models.CharField(max_length=200, blank=True, help_text="Non-empty while an admin's drain is in force.")
+    state_changed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -55,6 +58,8 @@ class MigSlice(models.Model):
     profile = models.CharField(max_length=20, help_text="1g.18gb, 3g.71gb ...")
     index = models.PositiveIntegerField()
     memory_mb = models.PositiveIntegerField()
+    # False once the slice vanished from its GPU's MIG layout; the row stays while allocations reference it.
+    healthy = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["gpu_id", "index"]

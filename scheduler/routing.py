@@ -1,1 +1,7 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from scheduler.consumers import TelemetryConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/telemetry/", TelemetryConsumer.as_asgi()),
+]

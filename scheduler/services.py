@@ -1,0 +1,515 @@
+"""The scheduler's writes: requests for GPUs, their release, reservations, and the scheduling pass.
+
+Every function here is keyword-only, runs in one transaction, locks the rows whose state it changes,
+and writes its audit events inside that transaction. Work for other processes (a pass, the
+workspaces app's reactions) is sent only after commit.
+
+Lock order (PostgreSQL): rows first, the audit chain's advisory lock last. The chain lock is held
+to commit, so a transaction that audits and THEN locks a request row can deadlock with a pass that
+holds request rows and waits for the chain. Callers composing these services inside their own
+transaction (workspaces) call them before their own audit_record.
+"""
+
+import datetime
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.db import connection, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from governance.access import require
+from governance.audit import PendingEvent, audit_record, audit_record_many
+from governance.models import Team, TeamPolicy, User
+from portal.errors import Conflict, DomainError
+from portal.tasks import enqueue
+from scheduler import engine, signals
+from scheduler.models import Allocation, AllocationRequest, GpuDevice, MigSlice, PriorityClass, Reservation, UsageLedger
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DURATION_S = 8 * 3600
+_PASS_LOCK_KEY = 0x73636864  # "schd": one advisory lock for the scheduling pass, cluster-wide
+_process_pass_lock = threading.Lock()  # embedded mode (SQLite): one pass at a time in this process
+
+TERMINAL_STATES = (AllocationRequest.State.CANCELLED, AllocationRequest.State.FINISHED)
+
+
+def _schedule_pass_on_commit() -> None:
+    from scheduler.tasks import schedule_pass
+
+    enqueue(schedule_pass)
+
+
+def _send_on_commit(signal, **kwargs) -> None:
+    transaction.on_commit(lambda: signal.send(sender=AllocationRequest, **kwargs))
+
+
+# --- inventory facts the request validation needs --------------------------------------------
+
+
+def flavor_capacity(*, flavor: str, mig: bool) -> tuple[int, int]:
+    """(devices of this flavor in the fleet, most on one node), counting nodes not confirmed gone.
+    Whole GPUs in MIG mode are not whole-GPU capacity; slices of GPUs not in MIG mode are not slices."""
+    if mig:
+        qs = MigSlice.objects.filter(profile=flavor, gpu__mig_enabled=True, healthy=True,
+                                     gpu__node__gone_confirmed_at__isnull=True).values("gpu__node_id")
+        per_node = qs.annotate(n=Count("id")).values_list("n", flat=True)
+    else:
+        qs = GpuDevice.objects.filter(model=flavor, mig_enabled=False, healthy=True,
+                                      node__gone_confirmed_at__isnull=True).values("node_id")
+        per_node = qs.annotate(n=Count("id")).values_list("n", flat=True)
+    counts = list(per_node)
+    return sum(counts), max(counts, default=0)
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+def allocation_request_create(
+    *,
+    team: Team,
+    user: User,
+    flavor: str,
+    count: int = 1,
+    mig: bool = False,
+    same_node: bool | None = None,
+    nvlink_preferred: bool = True,
+    priority: int = PriorityClass.INTERACTIVE,
+    preemptible: bool = False,
+    max_duration_s: int = DEFAULT_MAX_DURATION_S,
+) -> AllocationRequest:
+    """Precondition: `user` may use `team`'s GPUs. Queues a wish for GPUs; a pass places it after commit."""
+    require(user, "team.use_gpus", team)
+    flavor = (flavor or "").strip()
+    errors = {}
+    if not flavor:
+        errors["flavor"] = "Choose a GPU model or MIG profile."
+    if not isinstance(count, int) or count < 1:
+        errors["count"] = "Ask for at least one GPU."
+    if priority not in PriorityClass.values:
+        errors["priority"] = f"Priority must be one of {sorted(PriorityClass.values)}."
+    policy = TeamPolicy.objects.filter(team=team).first()
+    max_hours = policy.max_duration_hours if policy else 72
+    if not isinstance(max_duration_s, int) or max_duration_s < 60:
+        errors["max_duration_s"] = "The maximum duration must be at least a minute."
+    elif max_duration_s > max_hours * 3600:
+        errors["max_duration_s"] = f"The team's policy allows at most {max_hours} hours."
+    if errors:
+        raise DomainError("The request is not valid.", code="invalid", fields=errors)
+
+    total, per_node = flavor_capacity(flavor=flavor, mig=mig)
+    kind = "MIG slices of profile" if mig else "GPUs of model"
+    if total == 0:
+        raise DomainError(f"The fleet has no {kind} {flavor}.", code="unknown_flavor", fields={"flavor": f"No {kind} {flavor} in the fleet."})
+    if same_node is None:
+        same_node = count <= per_node
+    largest = per_node if same_node else total
+    if count > largest:
+        where = "on one node" if same_node else "in the whole fleet"
+        raise DomainError(f"At most {largest} {kind} {flavor} exist {where}; {count} can never be placed.",
+                          code="too_large", fields={"count": f"At most {largest} {where}."})
+
+    with transaction.atomic():
+        request = AllocationRequest.objects.create(
+            team=team, user=user, flavor=flavor, mig=mig, count=count, same_node=same_node,
+            nvlink_preferred=nvlink_preferred, priority=priority, preemptible=preemptible, max_duration_s=max_duration_s,
+        )
+        audit_record(action="allocation_request.create", actor=user, target=request, team=team, changes={
+            "flavor": flavor, "mig": mig, "count": count, "same_node": same_node, "priority": int(priority),
+            "preemptible": preemptible, "max_duration_s": max_duration_s,
+        })
+        _schedule_pass_on_commit()
+    return request
+
+
+def _release_live(request: AllocationRequest, *, reason: str, now: datetime.datetime) -> int:
+    return Allocation.objects.filter(request_id=request.pk, released_at__isnull=True).update(
+        released_at=now, release_reason=reason[:200])
+
+
+def allocation_request_cancel(*, request: AllocationRequest, actor: User | None, reason: str) -> AllocationRequest:
+    """Precondition: the request is pending or placed (cancelled/finished: nothing to do). Frees its devices."""
+    with transaction.atomic():
+        request = AllocationRequest.objects.select_for_update().get(pk=request.pk)
+        if request.state in TERMINAL_STATES:
+            return request
+        now = timezone.now()
+        before = request.state
+        released = _release_live(request, reason=reason or "cancelled", now=now)
+        request.state = AllocationRequest.State.CANCELLED
+        request.ended_at = now
+        request.pending_reasons = []
+        request.queue_position_team = request.queue_position_global = None
+        request.estimated_start = None
+        request.save(update_fields=["state", "ended_at", "pending_reasons", "queue_position_team",
+                                    "queue_position_global", "estimated_start"])
+        audit_record(action="allocation_request.cancel", actor=actor, target=request, team=request.team,
+                     changes={"state": [before, request.state], "reason": reason, "released_devices": released})
+        if released:
+            _send_on_commit(signals.allocation_released, request_id=request.pk, reason=reason or "cancelled")
+        _schedule_pass_on_commit()
+    return request
+
+
+def allocation_release(*, request: AllocationRequest, reason: str, actor: User | None = None) -> AllocationRequest:
+    """Precondition: none (a finished or cancelled request is left as is). Releases every live
+    allocation of the request in one transaction; a placed request becomes finished, a pending one cancelled."""
+    with transaction.atomic():
+        request = AllocationRequest.objects.select_for_update().get(pk=request.pk)
+        if request.state in TERMINAL_STATES:
+            # Still close anything live (a node confirmed gone after the request ended).
+            stray = _release_live(request, reason=reason or "released", now=timezone.now())
+            if stray:
+                audit_record(action="allocation.release", actor=actor, target=request, team=request.team,
+                             changes={"reason": reason, "released_devices": stray})
+                _send_on_commit(signals.allocation_released, request_id=request.pk, reason=reason)
+                _schedule_pass_on_commit()
+            return request
+        now = timezone.now()
+        before = request.state
+        released = _release_live(request, reason=reason or "released", now=now)
+        request.state = AllocationRequest.State.FINISHED if before == AllocationRequest.State.PLACED else AllocationRequest.State.CANCELLED
+        request.ended_at = now
+        request.pending_reasons = []
+        request.queue_position_team = request.queue_position_global = None
+        request.estimated_start = None
+        request.save(update_fields=["state", "ended_at", "pending_reasons", "queue_position_team",
+                                    "queue_position_global", "estimated_start"])
+        audit_record(action="allocation.release", actor=actor, target=request, team=request.team,
+                     changes={"state": [before, request.state], "reason": reason, "released_devices": released})
+        _send_on_commit(signals.allocation_released, request_id=request.pk, reason=reason)
+        _schedule_pass_on_commit()
+    return request
+
+
+def allocation_request_extend(*, request: AllocationRequest, max_duration_s: int, actor: User | None) -> AllocationRequest:
+    """Precondition: the request is pending or placed. Moves the planned end of its live allocations
+    (what the engine uses to estimate start times and to backfill around reservations)."""
+    if not isinstance(max_duration_s, int) or max_duration_s < 60:
+        raise DomainError("The maximum duration must be at least a minute.", fields={"max_duration_s": "At least 60 seconds."})
+    with transaction.atomic():
+        request = AllocationRequest.objects.select_for_update().get(pk=request.pk)
+        if request.state in TERMINAL_STATES:
+            raise Conflict(f"Request #{request.pk} is {request.state}; it cannot be extended.", code="not_live")
+        before = request.max_duration_s
+        request.max_duration_s = max_duration_s
+        request.save(update_fields=["max_duration_s"])
+        for alloc in Allocation.objects.select_for_update().filter(request_id=request.pk, released_at__isnull=True):
+            alloc.planned_end = alloc.started_at + datetime.timedelta(seconds=max_duration_s)
+            alloc.save(update_fields=["planned_end"])
+        audit_record(action="allocation_request.extend", actor=actor, target=request, team=request.team,
+                     changes={"max_duration_s": [before, max_duration_s]})
+        _schedule_pass_on_commit()
+    return request
+
+
+# --- advance reservations --------------------------------------------------------------------
+
+
+def reservation_create(*, team: Team, flavor: str, count: int, starts_at: datetime.datetime, ends_at: datetime.datetime,
+                       actor: User, note: str = "", mig: bool = False, perm: str = "fleet.manage") -> Reservation:
+    """Precondition: `actor` has `perm` (platform admins: fleet.manage; the quota approval workflow
+    reserving an approved future window passes quota.decide). Keeps `count` devices of `flavor`
+    free for `team` during the window."""
+    if perm not in ("fleet.manage", "quota.decide"):
+        raise ValueError(f"reservation_create: unexpected perm {perm!r}")
+    require(actor, perm)
+    errors = {}
+    if not isinstance(count, int) or count < 1:
+        errors["count"] = "Reserve at least one GPU."
+    if ends_at <= starts_at:
+        errors["ends_at"] = "The window must end after it starts."
+    elif ends_at <= timezone.now():
+        errors["ends_at"] = "The window is already over."
+    total, _ = flavor_capacity(flavor=flavor, mig=mig)
+    if total == 0:
+        errors["flavor"] = f"The fleet has no {flavor}."
+    elif not errors.get("count") and count > total:
+        errors["count"] = f"The fleet has only {total} {flavor}."
+    if errors:
+        raise DomainError("The reservation is not valid.", fields=errors)
+    with transaction.atomic():
+        overlapping = Reservation.objects.select_for_update().filter(flavor=flavor, starts_at__lt=ends_at, ends_at__gt=starts_at)
+        held = sum(r.count for r in overlapping)
+        if held + count > total:
+            raise Conflict(f"Only {max(0, total - held)} {flavor} are not already reserved in that window.",
+                           code="overbooked", fields={"count": f"At most {max(0, total - held)}."})
+        reservation = Reservation.objects.create(team=team, flavor=flavor, count=count, starts_at=starts_at,
+                                                 ends_at=ends_at, created_by=actor, note=note[:200])
+        audit_record(action="reservation.create", actor=actor, target=reservation, team=team, changes={
+            "flavor": flavor, "count": count, "starts_at": starts_at, "ends_at": ends_at, "note": note[:200]})
+        _schedule_pass_on_commit()
+    return reservation
+
+
+def reservation_cancel(*, reservation: Reservation, actor: User) -> None:
+    """Precondition: `actor` may manage the fleet. Removes the reservation (the audit event keeps its terms)."""
+    require(actor, "fleet.manage")
+    with transaction.atomic():
+        row = Reservation.objects.select_for_update().filter(pk=reservation.pk).first()
+        if row is None:
+            return
+        audit_record(action="reservation.cancel", actor=actor, target_type="scheduler.reservation", target_id=row.pk,
+                     team=row.team, changes={
+                         "flavor": row.flavor, "count": row.count, "starts_at": row.starts_at, "ends_at": row.ends_at})
+        row.delete()
+        _schedule_pass_on_commit()
+
+
+# --- the scheduling pass ---------------------------------------------------------------------
+
+
+@dataclass
+class PassResult:
+    skipped: bool = False
+    placed: list[int] = field(default_factory=list)  # request ids
+    preempting: list[tuple[int, datetime.datetime]] = field(default_factory=list)  # (victim request id, preempt_at)
+    released: list[int] = field(default_factory=list)  # request ids released after their grace period
+    waiting: int = 0
+    devices_placed: int = 0
+    waiting_rewritten: int = 0  # waiting rows whose reasons, positions or estimate changed
+    snapshot_ms: float = 0.0
+    decide_ms: float = 0.0
+    write_ms: float = 0.0  # writes and commit
+    total_ms: float = 0.0  # lock to committed
+    steps_ms: dict = field(default_factory=dict)  # where the write time goes (the benchmark prints it)
+
+    def summary(self) -> dict:
+        return {"skipped": self.skipped, "placed": len(self.placed), "devices": self.devices_placed,
+                "preempting": len(self.preempting), "released": len(self.released), "waiting": self.waiting, "rewritten": self.waiting_rewritten,
+                "snapshot_ms": round(self.snapshot_ms, 1), "decide_ms": round(self.decide_ms, 1),
+                "write_ms": round(self.write_ms, 1), "total_ms": round(self.total_ms, 1)}
+
+
+def _try_pass_lock() -> bool:
+    """Inside the pass's transaction: PostgreSQL's transaction-scoped advisory lock (released at commit)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_PASS_LOCK_KEY])
+        return bool(cursor.fetchone()[0])
+
+
+def schedule_pass_run(*, now: datetime.datetime | None = None) -> PassResult:
+    """Precondition: none. Runs one pass if no other pass is running (else returns skipped=True):
+    releases allocations whose preemption grace ended, accounts usage for fair share, snapshots,
+    decides, and writes every allocation and queue fact in ONE transaction; signals after commit."""
+    postgres = connection.vendor == "postgresql"
+    if not postgres and not _process_pass_lock.acquire(blocking=False):
+        return PassResult(skipped=True)
+    try:
+        started = time.perf_counter()
+        committed_at: list[float] = []
+        with transaction.atomic():
+            if postgres and not _try_pass_lock():
+                return PassResult(skipped=True)
+            # Registered first, so it runs right after COMMIT, before the signals' receivers.
+            transaction.on_commit(lambda: committed_at.append(time.perf_counter()))
+            now = now or timezone.now()
+            result = PassResult()
+            # The audit chain's lock is taken last, by the single audit write at the end of the pass:
+            # taken earlier, it would be held while waiting for a row another service has locked
+            # while that service waits for the chain (a deadlock).
+            events: list[PendingEvent] = []
+            result.released = _release_preempted(now, events)
+            _usage_account(now)
+            from scheduler.snapshot import snapshot_build
+
+            t0 = time.perf_counter()
+            snap = snapshot_build(now=now)
+            t1 = time.perf_counter()
+            decision = engine.decide(snap.engine)
+            t2 = time.perf_counter()
+            _pass_write(decision, snap, result, events)
+            written = time.perf_counter()
+        done = committed_at[0] if committed_at else time.perf_counter()
+        result.steps_ms["commit"] = (done - written) * 1000
+        result.snapshot_ms = (t1 - t0) * 1000
+        result.decide_ms = (t2 - t1) * 1000
+        result.write_ms = (done - t2) * 1000  # writes and commit
+        result.total_ms = (done - started) * 1000
+        if result.placed or result.preempting or result.released:
+            log.info("schedule pass: %s", result.summary())
+        return result
+    finally:
+        if not postgres:
+            _process_pass_lock.release()
+
+
+def _release_preempted(now: datetime.datetime, events: list[PendingEvent]) -> list[int]:
+    """Victims whose grace period is over lose their devices now (their workspaces were warned)."""
+    due = sorted(set(Allocation.objects.filter(released_at__isnull=True, preempt_at__lte=now).values_list("request_id", flat=True)))
+    if not due:
+        return []
+    rows = list(AllocationRequest.objects.select_for_update().filter(pk__in=due).values_list("id", "team_id", "state"))
+    Allocation.objects.filter(request_id__in=due, released_at__isnull=True).update(released_at=now, release_reason="preempted")
+    live_ids = [i for i, _t, state in rows if state not in TERMINAL_STATES]
+    AllocationRequest.objects.filter(pk__in=live_ids).update(state=AllocationRequest.State.FINISHED, ended_at=now)
+    events.extend(PendingEvent(action="allocation.release", target_type="scheduler.allocationrequest", target_id=i,
+                               team_id=t, changes={"reason": "preempted", "state": [state, AllocationRequest.State.FINISHED]})
+                  for i, t, state in rows)
+    for request_id in due:
+        _send_on_commit(signals.allocation_released, request_id=request_id, reason="preempted")
+    return due
+
+
+def _usage_account(now: datetime.datetime) -> None:
+    """Fair share's input: per team and flavor, GPU-seconds decayed by the half-life, plus the
+    device-seconds held since the ledger was last brought to `now` (live or released since)."""
+    from scheduler.snapshot import decay, half_life_seconds
+
+    ledgers = {(t, f): (s, at) for t, f, s, at in UsageLedger.objects.values_list("team_id", "flavor", "gpu_seconds", "decayed_at")}
+    horizon = now - datetime.timedelta(seconds=4 * half_life_seconds())
+    since = min([at for _s, at in ledgers.values()], default=horizon)
+    since = max(since, horizon)
+    added: dict[tuple[int, str], float] = {}
+    rows = Allocation.objects.filter(Q(released_at__isnull=True) | Q(released_at__gt=since), started_at__lt=now).values_list(
+        "team_id", "gpu__model", "mig_slice__profile", "started_at", "released_at")
+    for team_id, model, profile, started_at, released_at in rows:
+        key = (team_id, model or profile)
+        from_ = max(started_at, ledgers[key][1]) if key in ledgers else max(started_at, horizon)
+        to = min(released_at or now, now)
+        if to > from_:
+            added[key] = added.get(key, 0.0) + (to - from_).total_seconds()
+    updates = []
+    for key in set(ledgers) | set(added):
+        value, at = ledgers.get(key, (0.0, now))
+        updates.append(UsageLedger(team_id=key[0], flavor=key[1], gpu_seconds=decay(value, (now - at).total_seconds()) + added.get(key, 0.0),
+                                   decayed_at=now))
+    if updates:
+        UsageLedger.objects.bulk_create(updates, update_conflicts=True, unique_fields=["team", "flavor"],
+                                        update_fields=["gpu_seconds", "decayed_at"], batch_size=1000)
+
+
+def _dt(value: float | None) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(value, tz=datetime.UTC) if value is not None else None
+
+
+def _pass_write(decision: engine.Decision, snap, result: PassResult, events: list[PendingEvent] | None = None) -> None:
+    """Write the decision; the audit events (the chain's lock) go last, see schedule_pass_run."""
+    events = [] if events is None else events
+    clock = [time.perf_counter()]
+
+    def step(name: str) -> None:
+        t = time.perf_counter()
+        result.steps_ms[name] = (t - clock[0]) * 1000
+        clock[0] = t
+
+    now = snap.now
+    placed_ids = [p.request_id for p in decision.placements]
+    still_pending: set[int] = set()
+    for chunk in _chunks(placed_ids, 5000):
+        # A request cancelled since the snapshot must not be placed: lock and re-check the rows.
+        still_pending.update(AllocationRequest.objects.select_for_update().filter(
+            pk__in=chunk, state=AllocationRequest.State.PENDING).values_list("id", flat=True))
+    placements = [p for p in decision.placements if p.request_id in still_pending]
+    step("recheck")
+    rows = []
+    node_names = {n.id: n.name for n in snap.engine.nodes}
+    for p in placements:
+        end = _dt(p.planned_end)
+        for key, node_id in zip(p.keys, p.node_ids):
+            rows.append((p.request_id, p.team_id, node_id, key if key > 0 else None, -key if key < 0 else None,
+                         p.borrowed, p.preemptible, now, end))
+        events.append(PendingEvent(action="allocation.place", target_type="scheduler.allocationrequest",
+                                   target_id=p.request_id, team_id=p.team_id, changes={
+                                       "state": ["pending", "placed"], "devices": len(p.keys),
+                                       "nodes": sorted({node_names[n] for n in p.node_ids}), "borrowed": p.borrowed,
+                                       "preemptible": p.preemptible, "planned_end": end}))
+    step("build")
+    _insert_allocations(rows)
+    step("allocations")
+    for chunk in _chunks([p.request_id for p in placements], 5000):
+        AllocationRequest.objects.filter(pk__in=chunk).update(
+            state=AllocationRequest.State.PLACED, placed_at=now, pending_reasons=[], queue_position_team=None,
+            queue_position_global=None, estimated_start=None)
+    step("placed")
+
+    victims = {}
+    for v in decision.preemptions:
+        victims.setdefault(v.request_id, v)
+    if victims:
+        preempt_at = now + datetime.timedelta(seconds=snap.engine.grace_s)
+        Allocation.objects.filter(request_id__in=list(victims), released_at__isnull=True, preempt_at__isnull=True).update(preempt_at=preempt_at)
+        for v in victims.values():
+            events.append(PendingEvent(action="allocation.preempt", target_type="scheduler.allocationrequest",
+                                       target_id=v.request_id, team_id=v.team_id,
+                                       changes={"preempt_at": preempt_at, "for_request": v.for_request_id}))
+            result.preempting.append((v.request_id, preempt_at))
+
+    changed = []
+    for request_id, w in decision.waiting.items():
+        reasons = [{"code": code, "message": message} for code, message in w.reasons]
+        # To the next whole minute: precise enough to show, and a pass does not rewrite every
+        # waiting row only because the clock moved.
+        eta = _dt(math.ceil(w.estimated_start / 60) * 60) if w.estimated_start is not None else None
+        if snap.shown.get(request_id) != (reasons, w.position_team, w.position_global, eta):
+            changed.append((request_id, reasons, w.position_team, w.position_global, eta))
+    step("compare")
+    result.waiting_rewritten = len(changed)
+    _write_waiting(changed)
+    step("waiting")
+    audit_record_many(events)
+    step("audit")
+
+    result.placed = [p.request_id for p in placements]
+    result.devices_placed = len(rows)
+    result.waiting = len(decision.waiting)
+    for request_id in result.placed:
+        _send_on_commit(signals.allocation_placed, request_id=request_id)
+    for request_id, at in result.preempting:
+        _send_on_commit(signals.allocation_preempting, request_id=request_id, preempt_at=at)
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _write_waiting(changed: list[tuple]) -> None:
+    """Why each request waits, its positions and estimated start: on PostgreSQL one UPDATE joined to
+    unnest()ed arrays (a few parameters whatever the row count; a request cancelled since the
+    snapshot is left alone), bulk_update elsewhere (SQLite serialises writers)."""
+    if not changed:
+        return
+    if connection.vendor == "postgresql":
+        import json
+
+        table = AllocationRequest._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} AS r SET pending_reasons = v.reasons, queue_position_team = v.pt, "
+                f"queue_position_global = v.pg, estimated_start = v.eta "
+                f"FROM unnest(%s::bigint[], %s::jsonb[], %s::integer[], %s::integer[], %s::timestamptz[]) "
+                f"AS v(id, reasons, pt, pg, eta) WHERE r.id = v.id AND r.state = %s",
+                [[c[0] for c in changed], [json.dumps(c[1]) for c in changed], [c[2] for c in changed],
+                 [c[3] for c in changed], [c[4] for c in changed], AllocationRequest.State.PENDING])
+        return
+    objs = [AllocationRequest(pk=request_id, pending_reasons=reasons, queue_position_team=pos_team,
+                              queue_position_global=pos_global, estimated_start=eta)
+            for request_id, reasons, pos_team, pos_global, eta in changed]
+    AllocationRequest.objects.bulk_update(objs, ["pending_reasons", "queue_position_team", "queue_position_global",
+                                                 "estimated_start"], batch_size=500)
+
+
+_ALLOCATION_COLUMNS = ("request_id", "team_id", "node_id", "gpu_id", "mig_slice_id", "borrowed", "preemptible",
+                       "started_at", "planned_end")
+
+
+def _insert_allocations(rows: list[tuple]) -> None:
+    """All of a pass's allocations (tuples in _ALLOCATION_COLUMNS order) in one statement: COPY on
+    PostgreSQL (the partial unique indexes still refuse a second live allocation of a device),
+    bulk_create elsewhere."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        Allocation.objects.bulk_create([Allocation(**dict(zip(_ALLOCATION_COLUMNS, row))) for row in rows], batch_size=2000)
+        return
+    table = Allocation._meta.db_table
+    columns = ", ".join(_ALLOCATION_COLUMNS + ("release_reason",))
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row + ("",))

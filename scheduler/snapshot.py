@@ -1,0 +1,120 @@
+"""Build the engine's input from the database in a fixed, small number of queries.
+
+Everything is read with `values_list` (no model instances) and sorted by id inside the engine, so
+the decision does not depend on the order rows come back in.
+"""
+
+import datetime
+import math
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from governance.models import QuotaGrant, TeamPolicy
+from scheduler import engine
+from scheduler.models import Allocation, AllocationRequest, GpuDevice, MigSlice, Node, Reservation, UsageLedger
+
+
+def grace_seconds() -> float:
+    return float(getattr(settings, "PORTAL_PREEMPT_GRACE_SECONDS", 300))
+
+
+def min_runtime_seconds() -> float:
+    return float(getattr(settings, "PORTAL_PREEMPT_MIN_RUNTIME_SECONDS", 600))
+
+
+def half_life_seconds() -> float:
+    return float(getattr(settings, "PORTAL_FAIRSHARE_HALF_LIFE_HOURS", 7 * 24)) * 3600.0
+
+
+def decay(value: float, elapsed_s: float) -> float:
+    if elapsed_s <= 0:
+        return value
+    return value * math.pow(0.5, elapsed_s / half_life_seconds())
+
+
+@dataclass
+class DbSnapshot:
+    """The engine's snapshot plus what the pass needs to write back cheaply."""
+
+    engine: engine.Snapshot
+    now: datetime.datetime
+    # request id -> (pending_reasons, queue_position_team, queue_position_global, estimated_start): to skip unchanged rows
+    shown: dict[int, tuple] = field(default_factory=dict)
+    node_of_key: dict[int, int] = field(default_factory=dict)
+
+
+def ts(value: datetime.datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
+    now = now or timezone.now()
+    now_s = now.timestamp()
+    nodes = [engine.NodeIn(id=i, name=name, state=state)
+             for i, name, state in Node.objects.filter(gone_confirmed_at__isnull=True).values_list("id", "name", "state")]
+    node_ids = {n.id for n in nodes}
+
+    devices: list[engine.DeviceIn] = []
+    gpus = GpuDevice.objects.filter(node__gone_confirmed_at__isnull=True).values_list(
+        "id", "node_id", "model", "mig_enabled", "nvlink_group", "index", "healthy")
+    for gpu_id, node_id, model, mig_enabled, group, index, healthy in gpus:
+        if healthy and not mig_enabled:
+            devices.append(engine.DeviceIn(key=gpu_id, node_id=node_id, flavor=model, mig=False, group=group or "",
+                                           parent=gpu_id, index=index))
+    slices = MigSlice.objects.filter(gpu__mig_enabled=True, gpu__healthy=True, healthy=True,
+                                     gpu__node__gone_confirmed_at__isnull=True).values_list(
+        "id", "gpu_id", "gpu__node_id", "profile", "index")
+    for slice_id, gpu_id, node_id, profile, index in slices:
+        devices.append(engine.DeviceIn(key=-slice_id, node_id=node_id, flavor=profile, mig=True, group="",
+                                       parent=gpu_id, index=index))
+
+    allocations = []
+    live = Allocation.objects.filter(released_at__isnull=True).values_list(
+        "id", "request_id", "team_id", "gpu_id", "mig_slice_id", "node_id", "borrowed", "preemptible",
+        "request__priority", "started_at", "planned_end", "preempt_at", "gpu__model", "mig_slice__profile")
+    for (alloc_id, req_id, team_id, gpu_id, slice_id, node_id, borrowed, preemptible, priority, started, planned_end,
+         preempt_at, model, profile) in live:
+        allocations.append(engine.AllocIn(
+            id=alloc_id, request_id=req_id, team_id=team_id, key=gpu_id if gpu_id is not None else -slice_id,
+            node_id=node_id, flavor=model if gpu_id is not None else profile, borrowed=borrowed,
+            preemptible=preemptible or borrowed, priority=priority, started_at=started.timestamp(),
+            planned_end=ts(planned_end), preempt_at=ts(preempt_at)))
+
+    requests = []
+    shown = {}
+    pending = AllocationRequest.objects.filter(state=AllocationRequest.State.PENDING).values_list(
+        "id", "team_id", "flavor", "count", "mig", "same_node", "nvlink_preferred", "priority", "preemptible",
+        "max_duration_s", "created_at", "pending_reasons", "queue_position_team", "queue_position_global", "estimated_start")
+    for (req_id, team_id, flavor, count, mig, same_node, nvlink, priority, preemptible, max_duration_s, created,
+         reasons, pos_team, pos_global, eta) in pending:
+        requests.append(engine.RequestIn(
+            id=req_id, team_id=team_id, flavor=flavor, count=count, mig=mig, same_node=same_node,
+            nvlink_preferred=nvlink, priority=priority, preemptible=preemptible, max_duration_s=max_duration_s,
+            created_at=created.timestamp()))
+        shown[req_id] = (reasons, pos_team, pos_global, eta)
+
+    grants: dict[tuple[int, str], int] = {}
+    active = QuotaGrant.objects.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now), starts_at__lte=now).values_list(
+        "team_id", "flavor", "count")
+    for team_id, flavor, count in active:
+        grants[(team_id, flavor)] = grants.get((team_id, flavor), 0) + count
+
+    usage: dict[int, float] = {}
+    for team_id, gpu_seconds, decayed_at in UsageLedger.objects.values_list("team_id", "gpu_seconds", "decayed_at"):
+        usage[team_id] = usage.get(team_id, 0.0) + decay(gpu_seconds, (now - decayed_at).total_seconds())
+    teams = [engine.TeamIn(id=team_id, borrow_limit=borrow, lending_limit=lend, usage=usage.get(team_id, 0.0))
+             for team_id, borrow, lend in TeamPolicy.objects.values_list("team_id", "borrow_limit", "lending_limit")]
+
+    reservations = [engine.ReservationIn(id=i, team_id=t, flavor=f, count=c, starts_at=s.timestamp(), ends_at=e.timestamp())
+                    for i, t, f, c, s, e in Reservation.objects.filter(ends_at__gt=now).values_list(
+                        "id", "team_id", "flavor", "count", "starts_at", "ends_at")]
+
+    snap = engine.Snapshot(
+        now=now_s, nodes=nodes, devices=[d for d in devices if d.node_id in node_ids], allocations=allocations,
+        requests=requests, teams=teams, grants=grants, reservations=reservations, grace_s=grace_seconds(),
+        min_runtime_s=min_runtime_seconds(),
+    )
+    return DbSnapshot(engine=snap, now=now, shown=shown, node_of_key={d.key: d.node_id for d in snap.devices})
