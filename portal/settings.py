@@ -309,6 +309,21 @@ PORTAL_WORKSPACE_ROOT = Path(env_str("PORTAL_WORKSPACE_ROOT", str(LOCAL_DIR / "w
 PORTAL_LAB_PORT_RANGE = tuple(int(p) for p in env_str("PORTAL_LAB_PORT_RANGE", "18800-18999").split("-"))
 PORTAL_LAB_READY_TIMEOUT = env_int("PORTAL_LAB_READY_TIMEOUT", 120)
 PORTAL_JUPYTER_COMMAND = env_str("PORTAL_JUPYTER_COMMAND", "")
+# Scheduler: preempted work gets a grace period; nothing younger than the minimum runtime is
+# preempted; fair share decays past usage with this half-life.
+PORTAL_PREEMPT_GRACE_SECONDS = env_int("PORTAL_PREEMPT_GRACE_SECONDS", 300)
+PORTAL_PREEMPT_MIN_RUNTIME_SECONDS = env_int("PORTAL_PREEMPT_MIN_RUNTIME_SECONDS", 600)
+PORTAL_FAIRSHARE_HALF_LIFE_HOURS = env_float("PORTAL_FAIRSHARE_HALF_LIFE_HOURS", 7 * 24)
+# Docker launcher: which portal owns a container (two portals may share an engine), whether a
+# missing image may be pulled, the lab command template, and the labs' isolated bridge network.
+PORTAL_DOCKER_INSTANCE = env_str("PORTAL_DOCKER_INSTANCE", "")
+PORTAL_DOCKER_PULL = env_bool("PORTAL_DOCKER_PULL", True)
+PORTAL_DOCKER_LAB_COMMAND = env_str("PORTAL_DOCKER_LAB_COMMAND", "")
+PORTAL_DOCKER_NETWORK = env_str("PORTAL_DOCKER_NETWORK", "")
+# Reconciler: how long a workspace may sit in a transitional state before it is repaired.
+PORTAL_STUCK_SCHEDULED_SECONDS = env_int("PORTAL_STUCK_SCHEDULED_SECONDS", 600)
+PORTAL_STUCK_STARTING_SECONDS = env_int("PORTAL_STUCK_STARTING_SECONDS", PORTAL_LAB_READY_TIMEOUT + 60)
+PORTAL_STUCK_STOPPING_SECONDS = env_int("PORTAL_STUCK_STOPPING_SECONDS", 120)
 
 LOGGING = {
     "version": 1,

@@ -18,15 +18,15 @@ from scheduler.models import Allocation, AllocationRequest, GpuDevice, MigSlice,
 
 
 def grace_seconds() -> float:
-    return float(getattr(settings, "PORTAL_PREEMPT_GRACE_SECONDS", 300))
+    return float(settings.PORTAL_PREEMPT_GRACE_SECONDS)
 
 
 def min_runtime_seconds() -> float:
-    return float(getattr(settings, "PORTAL_PREEMPT_MIN_RUNTIME_SECONDS", 600))
+    return float(settings.PORTAL_PREEMPT_MIN_RUNTIME_SECONDS)
 
 
 def half_life_seconds() -> float:
-    return float(getattr(settings, "PORTAL_FAIRSHARE_HALF_LIFE_HOURS", 7 * 24)) * 3600.0
+    return float(settings.PORTAL_FAIRSHARE_HALF_LIFE_HOURS) * 3600.0
 
 
 def decay(value: float, elapsed_s: float) -> float:

@@ -24,6 +24,7 @@ class TeamFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Team
         django_get_or_create = ("slug",)
+        skip_postgeneration_save = True
 
     name = factory.Sequence(lambda n: f"Team {n}")
     slug = factory.Sequence(lambda n: f"team-{n}")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 from dataclasses import dataclass, field
 
 import httpx
@@ -55,24 +54,18 @@ ENDED = (S.STOPPED, S.FAILED, S.CULLED)
 # --- timeouts -------------------------------------------------------------------------------------
 
 
-def _seconds(name: str, default: float) -> datetime.timedelta:
-    """PORTAL_STUCK_*_SECONDS: from settings when defined there, else the environment, else the default."""
-    value = getattr(settings, name, None)
-    return datetime.timedelta(seconds=float(value if value is not None else os.environ.get(name, default)))
-
-
 def stuck_scheduled_after() -> datetime.timedelta:
     """A node that has not begun a start this long after placement is not coming (agent down, lost message)."""
-    return _seconds("PORTAL_STUCK_SCHEDULED_SECONDS", 600)
+    return datetime.timedelta(seconds=settings.PORTAL_STUCK_SCHEDULED_SECONDS)
 
 
 def stuck_starting_after() -> datetime.timedelta:
     """The start task gives up itself after PORTAL_LAB_READY_TIMEOUT; past that plus a grace it died."""
-    return _seconds("PORTAL_STUCK_STARTING_SECONDS", settings.PORTAL_LAB_READY_TIMEOUT + 60)
+    return datetime.timedelta(seconds=settings.PORTAL_STUCK_STARTING_SECONDS)
 
 
 def stuck_stopping_after() -> datetime.timedelta:
-    return _seconds("PORTAL_STUCK_STOPPING_SECONDS", 120)
+    return datetime.timedelta(seconds=settings.PORTAL_STUCK_STOPPING_SECONDS)
 
 
 # --- reconciler -----------------------------------------------------------------------------------

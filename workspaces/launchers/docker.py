@@ -18,7 +18,6 @@ The launcher never touches the database; workspaces.tasks records what it return
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 
 import docker
@@ -55,17 +54,10 @@ STOP_GRACE_S = 10
 LABEL_INSTANCE = "portal.instance"
 
 
-def _setting(name: str, default: str = "") -> str:
-    """PORTAL_DOCKER_INSTANCE, PORTAL_DOCKER_PULL and PORTAL_DOCKER_LAB_COMMAND: from settings when
-    defined there, else from the environment (the node agent's), else the default."""
-    value = getattr(settings, name, None)
-    return str(value) if value is not None else os.environ.get(name, default)
-
-
 def instance_name() -> str:
     """Which portal owns a container (PORTAL_DOCKER_INSTANCE): two portals sharing one engine
     (staging beside production, parallel test runs) never see each other's containers."""
-    return _setting("PORTAL_DOCKER_INSTANCE")
+    return settings.PORTAL_DOCKER_INSTANCE
 
 
 def container_name(workspace_id: int) -> str:
@@ -105,7 +97,7 @@ class DockerLauncher(Launcher):
             pass
         except ENGINE_ERRORS as exc:
             raise LaunchError(f"Docker engine: {_engine_message(exc)}") from exc
-        if _setting("PORTAL_DOCKER_PULL", "1").lower() in ("0", "false", "no", "off"):
+        if not settings.PORTAL_DOCKER_PULL:
             raise LaunchError(f"Image {reference} is not on this node and pulling is disabled (PORTAL_DOCKER_PULL).")
         try:
             return self.client.images.pull(reference)
@@ -123,7 +115,7 @@ class DockerLauncher(Launcher):
 
     def _command(self, image, spec: LaunchSpec) -> list[str]:
         labels = (image.attrs.get("Config") or {}).get("Labels") or {}
-        template = labels.get(IMAGE_LABEL_COMMAND) or _setting("PORTAL_DOCKER_LAB_COMMAND") or DEFAULT_COMMAND
+        template = labels.get(IMAGE_LABEL_COMMAND) or settings.PORTAL_DOCKER_LAB_COMMAND or DEFAULT_COMMAND
         return [part.format(port=LAB_PORT, token=spec.token, base_url=spec.base_url) for part in shlex.split(template)]
 
     def _home(self, image) -> str:
@@ -158,7 +150,7 @@ class DockerLauncher(Launcher):
     def _network(self) -> str:
         """A bridge network of the portal's with inter-container traffic off: one user's lab
         cannot reach another's over the bridge (only the published loopback port leads in)."""
-        name = _setting("PORTAL_DOCKER_NETWORK") or "portal-labs"
+        name = settings.PORTAL_DOCKER_NETWORK or "portal-labs"
         if instance_name():
             name = f"{instance_name()}-{name}"
         try:
