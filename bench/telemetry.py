@@ -237,6 +237,7 @@ def _client_proc(mode: str, count: int, url: str, cookie: str, redis_url: str, c
                 for item in msg["items"]:
                     latencies.append((item["ts"], (now - item["ts"]) * 1000))
                     got += 1
+            await asyncio.sleep(3)  # stay until every client has the last message: no close storm mid-send
 
     async def redis_client(latencies, ready_event):
         import redis.asyncio as aioredis
@@ -254,6 +255,7 @@ def _client_proc(mode: str, count: int, url: str, cookie: str, redis_url: str, c
             sent = json.loads(msg["data"])["ts"]
             latencies.append((sent, (now - sent) * 1000))
             got += 1
+        await asyncio.sleep(3)
         await pubsub.aclose()
         await conn.aclose()
 

@@ -32,7 +32,13 @@ def compute_hash(payload: dict) -> str:
 
 def _json_safe(value):
     """What the JSON column will give back, so the hash computed now matches a later read."""
-    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+    return _json_safe_text(value)[0]
+
+
+def _json_safe_text(value) -> tuple:
+    """(_json_safe(value), its JSON text): the text is what a bulk COPY stores, encoded once."""
+    text = json.dumps(value, cls=DjangoJSONEncoder)
+    return json.loads(text), text
 
 
 def diff(before: dict, after: dict) -> dict:
@@ -70,25 +76,44 @@ def _actor_label(actor: User | None, token_id: int | None) -> str:
     return actor.username
 
 
+_FIELDS = None  # AuditEvent's concrete fields' attnames, in the order Model.__init__ takes positional values
+
+
 def _build(event: PendingEvent, prev_hash: str, meta: context.RequestMeta, now: datetime.datetime) -> AuditEvent:
+    return _build_with_text(event, prev_hash, meta, now)[0]
+
+
+def _build_with_text(event: PendingEvent, prev_hash: str, meta: context.RequestMeta,
+                     now: datetime.datetime) -> tuple[AuditEvent, str]:
+    """The event's row with its hash, and the JSON text of its changes. Built from positional values
+    (Model.__init__'s fast path: a pass audits thousands of placements at once)."""
+    global _FIELDS
+    if _FIELDS is None:
+        _FIELDS = [f.attname for f in AuditEvent._meta.concrete_fields]
     token_id = meta.token_id if event.actor is not None else None
-    row = AuditEvent(
-        created_at=now,
-        actor=event.actor,
-        actor_label=_actor_label(event.actor, token_id),
-        token_id=token_id,
-        action=event.action,
-        target_type=event.target_type,
-        target_id=str(event.target_id) if event.target_id != "" else "",
-        team_id=event.team.pk if event.team is not None else event.team_id,
-        source_ip=meta.source_ip,
-        request_id=meta.request_id,
-        outcome=event.outcome,
-        changes=_json_safe(event.changes or {}),
-        prev_hash=prev_hash,
-    )
+    changes, changes_text = _json_safe_text(event.changes or {})
+    values = {
+        "id": None,
+        "created_at": now,
+        "actor_id": event.actor.pk if event.actor is not None else None,
+        "actor_label": _actor_label(event.actor, token_id),
+        "token_id": token_id,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": str(event.target_id) if event.target_id != "" else "",
+        "team_id": event.team.pk if event.team is not None else event.team_id,
+        "source_ip": meta.source_ip,
+        "request_id": meta.request_id,
+        "outcome": event.outcome,
+        "changes": changes,
+        "prev_hash": prev_hash,
+        "hash": "",
+    }
+    row = AuditEvent(*[values[name] for name in _FIELDS])
+    if event.actor is not None:
+        row.actor = event.actor
     row.hash = compute_hash(row.chain_payload())
-    return row
+    return row, changes_text
 
 
 def audit_record(
@@ -122,15 +147,42 @@ def audit_record_many(events: list[PendingEvent]) -> list[AuditEvent]:
         meta = context.current()
         now = timezone.now()
         rows = []
+        texts = []
         for event in events:
-            row = _build(event, prev, meta, now)
+            row, text = _build_with_text(event, prev, meta, now)
             rows.append(row)
+            texts.append(text)
             prev = row.hash
         if len(rows) == 1:
             rows[0].save()
+        elif connection.vendor == "postgresql":
+            _copy_rows(rows, texts)
         else:
             AuditEvent.objects.bulk_create(rows, batch_size=1000)
     return rows
+
+
+_COPY_COLUMNS = ("id", "created_at", "actor_id", "actor_label", "token_id", "action", "target_type", "target_id",
+                 "team_id", "source_ip", "request_id", "outcome", "changes", "prev_hash", "hash")
+
+
+def _copy_rows(rows: list[AuditEvent], changes_texts: list[str]) -> None:
+    """Insert the rows with COPY (PostgreSQL), several times faster than a multi-row INSERT. Their
+    ids are taken from the table's sequence first, in chain order, so the returned rows carry their
+    ids and `id` order is the chain's order (the chain lock is held: nobody else appends meanwhile)."""
+    table = AuditEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(rows)])
+        ids = sorted(i for (i,) in cursor.fetchall())
+        with cursor.cursor.copy(f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
+            for row, pk, text in zip(rows, ids, changes_texts):
+                copy.write_row((pk, row.created_at, row.actor_id, row.actor_label, row.token_id, row.action,
+                                row.target_type, row.target_id, row.team_id, row.source_ip, row.request_id,
+                                row.outcome, text, row.prev_hash, row.hash))
+    for row, pk in zip(rows, ids):
+        row.pk = pk
+        row._state.adding = False
+        row._state.db = connection.alias
 
 
 def audit_denied(*, action: str, actor: User | None, target=None, target_type: str = "", target_id: str | int = "",

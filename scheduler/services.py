@@ -11,6 +11,7 @@ transaction (workspaces) call them before their own audit_record.
 """
 
 import datetime
+import json
 import logging
 import math
 import threading
@@ -398,14 +399,11 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
         clock[0] = t
 
     now = snap.now
-    placed_ids = [p.request_id for p in decision.placements]
-    still_pending: set[int] = set()
-    for chunk in _chunks(placed_ids, 5000):
-        # A request cancelled since the snapshot must not be placed: lock and re-check the rows.
-        still_pending.update(AllocationRequest.objects.select_for_update().filter(
-            pk__in=chunk, state=AllocationRequest.State.PENDING).values_list("id", flat=True))
+    # A request cancelled since the snapshot must not be placed: only rows still pending become
+    # placed (the UPDATE locks them), and only those get allocations.
+    still_pending = _mark_placed([p.request_id for p in decision.placements], now)
     placements = [p for p in decision.placements if p.request_id in still_pending]
-    step("recheck")
+    step("placed")
     rows = []
     node_names = {n.id: n.name for n in snap.engine.nodes}
     for p in placements:
@@ -421,11 +419,6 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
     step("build")
     _insert_allocations(rows)
     step("allocations")
-    for chunk in _chunks([p.request_id for p in placements], 5000):
-        AllocationRequest.objects.filter(pk__in=chunk).update(
-            state=AllocationRequest.State.PLACED, placed_at=now, pending_reasons=[], queue_position_team=None,
-            queue_position_global=None, estimated_start=None)
-    step("placed")
 
     victims = {}
     for v in decision.preemptions:
@@ -440,13 +433,19 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
             result.preempting.append((v.request_id, preempt_at))
 
     changed = []
+    texts: dict[tuple, str] = {}  # most waiting rows share a handful of reason lists: encode each once
+    shown = snap.shown
     for request_id, w in decision.waiting.items():
-        reasons = [{"code": code, "message": message} for code, message in w.reasons]
+        key = tuple(w.reasons)
+        reasons = texts.get(key)
+        if reasons is None:
+            reasons = texts[key] = reasons_json(w.reasons)
         # To the next whole minute: precise enough to show, and a pass does not rewrite every
         # waiting row only because the clock moved.
-        eta = _dt(math.ceil(w.estimated_start / 60) * 60) if w.estimated_start is not None else None
-        if snap.shown.get(request_id) != (reasons, w.position_team, w.position_global, eta):
-            changed.append((request_id, reasons, w.position_team, w.position_global, eta))
+        eta = math.ceil(w.estimated_start / 60) * 60 if w.estimated_start is not None else None
+        row = (reasons, w.position_team, w.position_global, eta)
+        if shown.get(request_id) != row:
+            changed.append((request_id, *row))
     step("compare")
     result.waiting_rewritten = len(changed)
     _write_waiting(changed)
@@ -468,27 +467,59 @@ def _chunks(items: list, size: int):
         yield items[i:i + size]
 
 
-def _write_waiting(changed: list[tuple]) -> None:
-    """Why each request waits, its positions and estimated start: on PostgreSQL one UPDATE joined to
-    unnest()ed arrays (a few parameters whatever the row count; a request cancelled since the
-    snapshot is left alone), bulk_update elsewhere (SQLite serialises writers)."""
-    if not changed:
-        return
-    if connection.vendor == "postgresql":
-        import json
+def reasons_json(reasons: list[tuple[str, str]]) -> str:
+    """Pending reasons as the JSON text PostgreSQL's jsonb prints back (the snapshot compares this
+    text with the stored one; a difference only costs a rewrite)."""
+    return json.dumps([{"code": code, "message": message} for code, message in reasons], ensure_ascii=False)
 
+
+def _mark_placed(request_ids: list[int], now: datetime.datetime) -> set[int]:
+    """Placed: the requests among `request_ids` still pending (locked by the update). Returns their ids."""
+    if not request_ids:
+        return set()
+    if connection.vendor == "postgresql":
         table = AllocationRequest._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {table} AS r SET pending_reasons = v.reasons, queue_position_team = v.pt, "
-                f"queue_position_global = v.pg, estimated_start = v.eta "
-                f"FROM unnest(%s::bigint[], %s::jsonb[], %s::integer[], %s::integer[], %s::timestamptz[]) "
-                f"AS v(id, reasons, pt, pg, eta) WHERE r.id = v.id AND r.state = %s",
-                [[c[0] for c in changed], [json.dumps(c[1]) for c in changed], [c[2] for c in changed],
-                 [c[3] for c in changed], [c[4] for c in changed], AllocationRequest.State.PENDING])
+                f"UPDATE {table} SET state = %s, placed_at = %s, pending_reasons = '[]'::jsonb, queue_position_team = NULL, "
+                f"queue_position_global = NULL, estimated_start = NULL WHERE id = ANY(%s) AND state = %s RETURNING id",
+                [AllocationRequest.State.PLACED, now, request_ids, AllocationRequest.State.PENDING])
+            return {row[0] for row in cursor.fetchall()}
+    still_pending: set[int] = set()
+    for chunk in _chunks(request_ids, 5000):
+        still_pending.update(AllocationRequest.objects.select_for_update().filter(
+            pk__in=chunk, state=AllocationRequest.State.PENDING).values_list("id", flat=True))
+    for chunk in _chunks(sorted(still_pending), 5000):
+        AllocationRequest.objects.filter(pk__in=chunk).update(
+            state=AllocationRequest.State.PLACED, placed_at=now, pending_reasons=[], queue_position_team=None,
+            queue_position_global=None, estimated_start=None)
+    return still_pending
+
+
+def _write_waiting(changed: list[tuple]) -> None:
+    """Why each request waits, its positions and estimated start (tuples: id, reasons JSON text,
+    position in team, global position, estimate in epoch seconds). On PostgreSQL: COPY into a
+    temporary table and one UPDATE joined to it (a request cancelled since the snapshot is left
+    alone); several times faster than an UPDATE over unnest()ed array parameters, whose jsonb[]
+    literal the server parses as one value. bulk_update elsewhere (SQLite serialises writers)."""
+    if not changed:
         return
-    objs = [AllocationRequest(pk=request_id, pending_reasons=reasons, queue_position_team=pos_team,
-                              queue_position_global=pos_global, estimated_start=eta)
+    if connection.vendor == "postgresql":
+        table = AllocationRequest._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE IF NOT EXISTS scheduler_waiting_facts (id bigint, reasons jsonb, pt integer, "
+                           "pg integer, eta float8) ON COMMIT DROP")
+            with cursor.cursor.copy("COPY scheduler_waiting_facts (id, reasons, pt, pg, eta) FROM STDIN") as copy:
+                for row in changed:
+                    copy.write_row(row)
+            cursor.execute(
+                f"UPDATE {table} AS r SET pending_reasons = v.reasons, queue_position_team = v.pt, "
+                f"queue_position_global = v.pg, estimated_start = to_timestamp(v.eta) "
+                f"FROM scheduler_waiting_facts AS v WHERE r.id = v.id AND r.state = %s",
+                [AllocationRequest.State.PENDING])
+        return
+    objs = [AllocationRequest(pk=request_id, pending_reasons=json.loads(reasons), queue_position_team=pos_team,
+                              queue_position_global=pos_global, estimated_start=_dt(eta))
             for request_id, reasons, pos_team, pos_global, eta in changed]
     AllocationRequest.objects.bulk_update(objs, ["pending_reasons", "queue_position_team", "queue_position_global",
                                                  "estimated_start"], batch_size=500)

@@ -24,7 +24,6 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 from channels.db import database_sync_to_async
-from multidict import CIMultiDict
 from django.conf import settings
 
 PATH_RE = re.compile(r"^/w/(?P<id>\d+)(?P<rest>/.*)?$")
@@ -275,7 +274,7 @@ class LabProxy:
         url = upstream.url(scope["path"], scope.get("query_string", b""))
         try:
             response = await _client().request(
-                scope["method"], url, headers=CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers),
+                scope["method"], url, headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
                 data=body, allow_redirects=False, compress=None, chunked=None if length is not None or body is None else True,
             )
         except (aiohttp.ClientError, OSError) as exc:

@@ -58,7 +58,8 @@ def test_new_form_validates_in_place_with_policy_and_capacity(client, member, te
     check = client.get(reverse("workspace-new"), {"team": "vision", "image": "lab", "flavor": "H100", "gpu_count": 9,
                                                   "duration_hours": 1, "sharing": "private"}, **HTMX)
     text = check.content.decode()
-    assert check.status_code == 200 and text.lstrip().startswith('<div id="checks"')
+    assert check.status_code == 200 and '<div id="checks"' in text
+    assert 'id="image-field" hx-swap-oob="true"' in text  # the team's allowed images, refreshed in place
     assert "At most 8 GPUs per workspace in team vision" in text
     ok = client.get(reverse("workspace-new"), {"team": "vision", "image": "lab", "flavor": "H100", "gpu_count": 2,
                                                "duration_hours": 1, "sharing": "private"}, **HTMX).content.decode()
