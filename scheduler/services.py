@@ -359,21 +359,28 @@ def _release_preempted(now: datetime.datetime, events: list[PendingEvent]) -> li
 def _usage_account(now: datetime.datetime) -> None:
     """Fair share's input: per team and flavor, GPU-seconds decayed by the half-life, plus the
     device-seconds held since the ledger was last brought to `now` (live or released since)."""
-    from scheduler.snapshot import decay, half_life_seconds
+    from scheduler.snapshot import decay, half_life_seconds, seconds_of, ts
 
+    postgres = connection.vendor == "postgresql"
     ledgers = {(t, f): (s, at) for t, f, s, at in UsageLedger.objects.values_list("team_id", "flavor", "gpu_seconds", "decayed_at")}
     horizon = now - datetime.timedelta(seconds=4 * half_life_seconds())
     since = min([at for _s, at in ledgers.values()], default=horizon)
     since = max(since, horizon)
+    # In epoch seconds (PostgreSQL computes them for the rows): every live allocation is read on
+    # every pass, and loading its timestamps as datetimes was a good part of a pass's time.
+    now_s, horizon_s = now.timestamp(), horizon.timestamp()
+    ledger_s = {key: at.timestamp() for key, (_v, at) in ledgers.items()}
     added: dict[tuple[int, str], float] = {}
-    rows = Allocation.objects.filter(Q(released_at__isnull=True) | Q(released_at__gt=since), started_at__lt=now).values_list(
-        "team_id", "gpu__model", "mig_slice__profile", "started_at", "released_at")
+    rows = Allocation.objects.filter(Q(released_at__isnull=True) | Q(released_at__gt=since), started_at__lt=now).annotate(
+        started_s=seconds_of("started_at", postgres), released_s=seconds_of("released_at", postgres)).values_list(
+        "team_id", "gpu__model", "mig_slice__profile", "started_s", "released_s")
     for team_id, model, profile, started_at, released_at in rows:
         key = (team_id, model or profile)
-        from_ = max(started_at, ledgers[key][1]) if key in ledgers else max(started_at, horizon)
-        to = min(released_at or now, now)
+        started_at = ts(started_at)
+        from_ = max(started_at, ledger_s.get(key, horizon_s))
+        to = min(ts(released_at) if released_at is not None else now_s, now_s)
         if to > from_:
-            added[key] = added.get(key, 0.0) + (to - from_).total_seconds()
+            added[key] = added.get(key, 0.0) + (to - from_)
     updates = []
     for key in set(ledgers) | set(added):
         value, at = ledgers.get(key, (0.0, now))

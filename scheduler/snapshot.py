@@ -64,7 +64,8 @@ class _Epoch(Func):
     output_field = FloatField()
 
 
-def _seconds(name: str, postgres: bool):
+def seconds_of(name: str, postgres: bool):
+    """The column in epoch seconds on PostgreSQL; as is elsewhere (read it through `ts`)."""
     return _Epoch(F(name)) if postgres else F(name)
 
 
@@ -92,8 +93,8 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
 
     allocations = []
     live = Allocation.objects.filter(released_at__isnull=True).annotate(
-        started_s=_seconds("started_at", postgres), planned_end_s=_seconds("planned_end", postgres),
-        preempt_at_s=_seconds("preempt_at", postgres)).values_list(
+        started_s=seconds_of("started_at", postgres), planned_end_s=seconds_of("planned_end", postgres),
+        preempt_at_s=seconds_of("preempt_at", postgres)).values_list(
         "id", "request_id", "team_id", "gpu_id", "mig_slice_id", "node_id", "borrowed", "preemptible",
         "request__priority", "started_s", "planned_end_s", "preempt_at_s", "gpu__model", "mig_slice__profile")
     for (alloc_id, req_id, team_id, gpu_id, slice_id, node_id, borrowed, preemptible, priority, started, planned_end,
@@ -109,7 +110,7 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
     # What each row shows now, as the pass would write it (reasons as JSON text, the estimate in
     # seconds), so unchanged rows are skipped without decoding JSON or building datetimes.
     pending = AllocationRequest.objects.filter(state=AllocationRequest.State.PENDING).annotate(
-        created_s=_seconds("created_at", postgres), eta_s=_seconds("estimated_start", postgres),
+        created_s=seconds_of("created_at", postgres), eta_s=seconds_of("estimated_start", postgres),
         reasons_text=Cast("pending_reasons", TextField())).values_list(
         "id", "team_id", "flavor", "count", "mig", "same_node", "nvlink_preferred", "priority", "preemptible",
         "max_duration_s", "created_s", "reasons_text", "queue_position_team", "queue_position_global", "eta_s")
