@@ -489,7 +489,7 @@ def _mark_placed(request_ids: list[int], now: datetime.datetime) -> set[int]:
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {table} SET state = %s, placed_at = %s, pending_reasons = '[]'::jsonb, queue_position_team = NULL, "
-                f"queue_position_global = NULL, estimated_start = NULL WHERE id = ANY(%s) AND state = %s RETURNING id",
+                f"queue_position_global = NULL, estimated_start = NULL WHERE id = ANY(%s::bigint[]) AND state = %s RETURNING id",
                 [AllocationRequest.State.PLACED, now, request_ids, AllocationRequest.State.PENDING])
             return {row[0] for row in cursor.fetchall()}
     still_pending: set[int] = set()

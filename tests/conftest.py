@@ -142,3 +142,50 @@ def _isolated_settings(settings, tmp_path):
 @pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# --- Browsers ------------------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--host-resolver-rules=MAP testserver 127.0.0.1"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _plain_http_live_server():
+    """Test servers speak plain HTTP, but production mode (DATABASE_URL set, as in CI) turns on the
+    HTTPS redirect and Secure cookies. The live server is session-scoped and builds its middleware
+    once, so this runs before it starts, on django.conf.settings itself."""
+    names = ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE")
+    saved = {name: getattr(settings, name) for name in names}
+    for name in names:
+        setattr(settings, name, False)
+    yield
+    for name, value in saved.items():
+        setattr(settings, name, value)
+
+
+@pytest.fixture
+def browser_page(chromium_path, monkeypatch):
+    """A page in headless Debian Chromium driven by Playwright (its own browser download does not
+    work here)."""
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM reads are still
+    # plain synchronous code (the documented setting for driving a browser from Django tests).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_FLAGS)
+        page = browser.new_context().new_page()
+        page.set_default_timeout(20000)
+        yield page
+        browser.close()
+
+
+def browser_login(page, base: str, username: str, password: str = "pw-Secret-123") -> None:
+    """Sign in through the real login form."""
+    page.goto(f"{base}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/login/" not in url)

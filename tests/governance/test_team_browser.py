@@ -8,26 +8,9 @@ import pytest
 
 from governance.models import ApiToken, Membership, Role
 from tests.factories import MembershipFactory, TeamFactory, UserFactory
-# One browser fixture for the whole suite (defined beside the first browser test).
-from tests.scheduler.test_fleet_browser import _login, browser_page  # noqa: F401
+from tests.conftest import browser_login as _login
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _plain_http_live_server():
-    """The live server speaks plain HTTP, but production mode (DATABASE_URL set, as in CI) turns on
-    the HTTPS redirect and Secure cookies. The live server (session-scoped) builds its middleware
-    once, so this must run before it starts, hence session scope and django.conf.settings itself."""
-    from django.conf import settings
-
-    names = ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE")
-    saved = {name: getattr(settings, name) for name in names}
-    for name in names:
-        setattr(settings, name, False)
-    yield
-    for name, value in saved.items():
-        setattr(settings, name, value)
 
 
 def test_owner_manages_members_in_place(live_server, browser_page):

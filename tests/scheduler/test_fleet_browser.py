@@ -5,37 +5,10 @@ import pytest
 
 from scheduler.inventory import inventory_sync_all
 from scheduler.models import Node
+from tests.conftest import browser_login as _login
 from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.timeout(120)]
-
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture
-def browser_page(chromium_path, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM reads are still
-    # plain synchronous code (the documented setting for driving a browser from Django tests).
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, args=FLAGS)
-        page = browser.new_page()
-        page.set_default_timeout(15000)
-        yield page
-        browser.close()
-
-
-def _login(page, base, username):
-    page.goto(f"{base}/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", "pw-Secret-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/login/" not in url)
-
 
 def test_admin_drains_and_undrains_a_node_in_place(live_server, browser_page):
     inventory_sync_all()

@@ -16,10 +16,6 @@ from tests.telemetry.conftest import gpu_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.timeout(120)]
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--host-resolver-rules=MAP testserver 127.0.0.1"]
-
-
 @pytest.fixture
 def asgi_server(redis_url, settings):
     """portal.asgi under uvicorn in a thread of this process (so it sees the test database)."""
@@ -50,20 +46,6 @@ def asgi_server(redis_url, settings):
     thread.join(timeout=10)
     vars(portal.asgi).update(saved)  # later tests get the application as it was
     channel_layers.backends = {}
-
-
-@pytest.fixture
-def browser_page(chromium_path, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, args=FLAGS)
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(20000)
-        yield page
-        browser.close()
 
 
 def _login_cookie(page, base, client, user, settings):
