@@ -334,7 +334,8 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "daphne": {"level": "WARNING"},
-        # One line per task run (the telemetry sampler runs every second) drowns everything else.
-        "celery.app.trace": {"level": "WARNING"},
+        # In the embedded demo, one line per in-process task run (the sampler runs every second)
+        # drowns everything else; Celery workers keep their per-task lines.
+        "celery.app.trace": {"level": "WARNING" if PORTAL_INPROCESS_BEAT else "INFO"},
     },
 }

@@ -209,10 +209,14 @@ def test_a_running_workspace_whose_gpus_were_taken_back_is_stopped(team, owner):
         process.wait()
 
 
-def test_under_celery_the_beat_run_fans_out_one_run_per_node(team, owner, settings):
+def test_under_celery_the_beat_run_fans_out_one_run_per_node(team, owner, settings, monkeypatch):
     """Each node's agent reconciles its own instances (its engine, its processes): the beat's run
-    sends one per node queue and itself repairs only records. Here the Celery app runs eagerly."""
+    sends one per node queue and itself repairs only records. Here the Celery app runs eagerly
+    (whatever the environment's broker), so the node runs happen in this process."""
+    from portal.celery import app as celery_app
+
     settings.PORTAL_TASKS = "celery"
+    monkeypatch.setattr(celery_app.conf, "task_always_eager", True)
     dead = "pid:999999999:1"  # no such process: the lab is gone
     on_a = placed_workspace(owner=owner, team=team, node=node_with_gpus("node-a", 1), gpus=1, state=S.RUNNING,
                             launcher="local", handle=dead)

@@ -7,6 +7,7 @@ workspaces.tasks calls it and records what it returns through workspaces.service
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,23 +59,26 @@ class OwnedInstance:
     workspace_id: int
 
 
-class Launcher:
+class Launcher(ABC):
+    """Executes a placement the scheduler already made: start, stop, status, list-owned."""
+
     name = "base"
 
+    @abstractmethod
     def start(self, spec: LaunchSpec) -> LaunchResult:
         """Start the lab and return at once (readiness is wait_ready's job)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop(self, handle: str) -> None:
         """Stop and remove the instance; a handle that is already gone is not an error."""
-        raise NotImplementedError
 
+    @abstractmethod
     def status(self, handle: str) -> InstanceStatus:
-        raise NotImplementedError
+        """Whether the instance runs, has exited (with why) or is gone."""
 
+    @abstractmethod
     def list_owned(self) -> list[OwnedInstance]:
         """Every instance on this host that carries the portal's marker, live workspace or not."""
-        raise NotImplementedError
 
     def logs_tail(self, handle: str, lines: int = 20) -> str:
         """The instance's last output lines, to explain a failure (best effort)."""
