@@ -30,13 +30,9 @@ def compute_hash(payload: dict) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def _json_safe(value):
-    """What the JSON column will give back, so the hash computed now matches a later read."""
-    return _json_safe_text(value)[0]
-
-
 def _json_safe_text(value) -> tuple:
-    """(_json_safe(value), its JSON text): the text is what a bulk COPY stores, encoded once."""
+    """(what the JSON column will give back, so the hash computed now matches a later read; its
+    JSON text, which a bulk COPY stores: encoded once)."""
     text = json.dumps(value, cls=DjangoJSONEncoder)
     return json.loads(text), text
 
@@ -146,17 +142,15 @@ def audit_record_many(events: list[PendingEvent]) -> list[AuditEvent]:
         prev = _lock_chain()
         meta = context.current()
         now = timezone.now()
+        if len(events) > 1 and connection.vendor == "postgresql":
+            return _copy_events(events, prev, meta, now)
         rows = []
-        texts = []
         for event in events:
-            row, text = _build_with_text(event, prev, meta, now)
+            row = _build(event, prev, meta, now)
             rows.append(row)
-            texts.append(text)
             prev = row.hash
         if len(rows) == 1:
             rows[0].save()
-        elif connection.vendor == "postgresql":
-            _copy_rows(rows, texts)
         else:
             AuditEvent.objects.bulk_create(rows, batch_size=1000)
     return rows
@@ -166,23 +160,28 @@ _COPY_COLUMNS = ("id", "created_at", "actor_id", "actor_label", "token_id", "act
                  "team_id", "source_ip", "request_id", "outcome", "changes", "prev_hash", "hash")
 
 
-def _copy_rows(rows: list[AuditEvent], changes_texts: list[str]) -> None:
-    """Insert the rows with COPY (PostgreSQL), several times faster than a multi-row INSERT. Their
-    ids are taken from the table's sequence first, in chain order, so the returned rows carry their
-    ids and `id` order is the chain's order (the chain lock is held: nobody else appends meanwhile)."""
+def _copy_events(events: list[PendingEvent], prev: str, meta: context.RequestMeta, now: datetime.datetime) -> list[AuditEvent]:
+    """Append the events with COPY (PostgreSQL), several times faster than a multi-row INSERT; each
+    row is hashed and streamed as it is built, so the server inserts while the next ones are hashed.
+    Their ids are taken from the table's sequence first, in chain order, so the returned rows carry
+    their ids and `id` order is the chain's order (the chain lock is held: nobody else appends)."""
     table = AuditEvent._meta.db_table
+    rows = []
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(rows)])
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(events)])
         ids = sorted(i for (i,) in cursor.fetchall())
         with cursor.cursor.copy(f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
-            for row, pk, text in zip(rows, ids, changes_texts):
+            for event, pk in zip(events, ids):
+                row, text = _build_with_text(event, prev, meta, now)
                 copy.write_row((pk, row.created_at, row.actor_id, row.actor_label, row.token_id, row.action,
                                 row.target_type, row.target_id, row.team_id, row.source_ip, row.request_id,
                                 row.outcome, text, row.prev_hash, row.hash))
-    for row, pk in zip(rows, ids):
-        row.pk = pk
-        row._state.adding = False
-        row._state.db = connection.alias
+                row.pk = pk
+                row._state.adding = False
+                row._state.db = connection.alias
+                rows.append(row)
+                prev = row.hash
+    return rows
 
 
 def audit_denied(*, action: str, actor: User | None, target=None, target_type: str = "", target_id: str | int = "",
