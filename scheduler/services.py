@@ -134,22 +134,29 @@ def _release_live(request: AllocationRequest, *, reason: str, now: datetime.date
         released_at=now, release_reason=reason[:200])
 
 
+def _end_request(request: AllocationRequest, *, state: str, reason: str) -> int:
+    """Caller holds the request's row lock. Releases its live devices and ends it in `state`,
+    clearing its queue facts. Returns how many devices were released."""
+    now = timezone.now()
+    released = _release_live(request, reason=reason, now=now)
+    request.state = state
+    request.ended_at = now
+    request.pending_reasons = []
+    request.queue_position_team = request.queue_position_global = None
+    request.estimated_start = None
+    request.save(update_fields=["state", "ended_at", "pending_reasons", "queue_position_team",
+                                "queue_position_global", "estimated_start"])
+    return released
+
+
 def allocation_request_cancel(*, request: AllocationRequest, actor: User | None, reason: str) -> AllocationRequest:
     """Precondition: the request is pending or placed (cancelled/finished: nothing to do). Frees its devices."""
     with transaction.atomic():
         request = AllocationRequest.objects.select_for_update().get(pk=request.pk)
         if request.state in TERMINAL_STATES:
             return request
-        now = timezone.now()
         before = request.state
-        released = _release_live(request, reason=reason or "cancelled", now=now)
-        request.state = AllocationRequest.State.CANCELLED
-        request.ended_at = now
-        request.pending_reasons = []
-        request.queue_position_team = request.queue_position_global = None
-        request.estimated_start = None
-        request.save(update_fields=["state", "ended_at", "pending_reasons", "queue_position_team",
-                                    "queue_position_global", "estimated_start"])
+        released = _end_request(request, state=AllocationRequest.State.CANCELLED, reason=reason or "cancelled")
         audit_record(action="allocation_request.cancel", actor=actor, target=request, team=request.team,
                      changes={"state": [before, request.state], "reason": reason, "released_devices": released})
         if released:
@@ -172,16 +179,9 @@ def allocation_release(*, request: AllocationRequest, reason: str, actor: User |
                 _send_on_commit(signals.allocation_released, request_id=request.pk, reason=reason)
                 _schedule_pass_on_commit()
             return request
-        now = timezone.now()
         before = request.state
-        released = _release_live(request, reason=reason or "released", now=now)
-        request.state = AllocationRequest.State.FINISHED if before == AllocationRequest.State.PLACED else AllocationRequest.State.CANCELLED
-        request.ended_at = now
-        request.pending_reasons = []
-        request.queue_position_team = request.queue_position_global = None
-        request.estimated_start = None
-        request.save(update_fields=["state", "ended_at", "pending_reasons", "queue_position_team",
-                                    "queue_position_global", "estimated_start"])
+        ended = AllocationRequest.State.FINISHED if before == AllocationRequest.State.PLACED else AllocationRequest.State.CANCELLED
+        released = _end_request(request, state=ended, reason=reason or "released")
         audit_record(action="allocation.release", actor=actor, target=request, team=request.team,
                      changes={"state": [before, request.state], "reason": reason, "released_devices": released})
         _send_on_commit(signals.allocation_released, request_id=request.pk, reason=reason)
