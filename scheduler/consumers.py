@@ -112,6 +112,17 @@ class GroupHub:
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, GroupHub]]" = weakref.WeakKeyDictionary()
 
 
+def hub_loop_for(layer) -> asyncio.AbstractEventLoop | None:
+    """A running event loop whose hub listens on `layer`. The in-process (embedded) layer's queues
+    belong to that loop: a producer on another thread must send from there, or the listener only
+    notices the message the next time its loop happens to wake."""
+    for loop, per_loop in list(_hubs.items()):
+        hub_ = per_loop.get(id(layer))
+        if hub_ is not None and hub_.layer is layer and loop.is_running() and not loop.is_closed():
+            return loop
+    return None
+
+
 def hub() -> GroupHub:
     """The hub of the running event loop for the current channel layer."""
     from channels.layers import get_channel_layer

@@ -9,6 +9,7 @@ Data path per node and interval:
 NVML errors become GpuHealthEvent rows (deduplicated), never exceptions out of the sampler.
 """
 
+import asyncio
 import datetime
 import logging
 import time
@@ -273,9 +274,34 @@ def publish_node(message: dict) -> None:
         await asyncio.gather(*(layer.group_send(group, {**msg, "group": group}) for group, msg in sends))
 
     try:
-        async_to_sync(send_all)()
+        home = _in_process_home_loop(layer)
+        if home is not None:
+            # Embedded mode: the in-process layer's queues live on the web server's loop.
+            asyncio.run_coroutine_threadsafe(send_all(), home).result(timeout=5)
+        else:
+            async_to_sync(send_all)()
     except Exception:  # noqa: BLE001 - a channel-layer blip loses live points, never stored ones
         log.exception("publishing telemetry of node %s failed", message.get("name"))
+
+
+def _in_process_home_loop(layer):
+    """The web server's loop when the layer is the in-process one and this is another thread (the
+    embedded beat); None otherwise (Redis needs no such care)."""
+    from channels.layers import InMemoryChannelLayer
+
+    from scheduler.consumers import hub_loop_for
+
+    if not isinstance(layer, InMemoryChannelLayer):
+        return None
+    loop = hub_loop_for(layer)
+    if loop is None:
+        return None
+    try:
+        if asyncio.get_running_loop() is loop:
+            return None
+    except RuntimeError:
+        pass
+    return loop
 
 
 # --- rollups and retention ---------------------------------------------------------------------

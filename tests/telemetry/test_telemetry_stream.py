@@ -3,6 +3,7 @@ sample intervals and nothing of another team's; forbidden subscriptions are refu
 pause, rate and the bounded queue of a slow client."""
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -281,3 +282,48 @@ async def test_one_channel_layer_membership_per_process_however_many_sockets(red
     await second.disconnect()
     assert "fleet" not in hub().members and hub().task is None
     assert await layer.connection(layer.consistent_hash("fleet")).zrange(layer._group_key("fleet"), 0, -1) == []
+
+
+async def test_embedded_layer_delivers_samples_published_from_another_thread(fleet, team, member, allocate):
+    """Embedded mode: the in-process channel layer, and the sampler on a thread of its own (the
+    in-process beat), not on the server's event loop. Samples still reach the socket promptly."""
+    import threading
+
+    channel_layers.backends = {}  # the suite's default: InMemoryChannelLayer
+    node = fleet["tel-a"]
+    ours = await database_sync_to_async(gpu_of)(node, 0)
+    await database_sync_to_async(allocate)(team, member, gpu=ours)
+    mine = await _connect(member)
+    assert (await _subscribe(mine, "team", team.slug))["type"] == "subscribed"
+
+    errors = []
+
+    def beat_thread():
+        try:
+            telemetry.telemetry_sample_node(node_name="tel-a")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            from django.db import connection
+
+            connection.close()
+
+    thread = threading.Thread(target=beat_thread)
+    thread.start()
+    # Wait on the socket's output alone, with nothing else to wake this loop: a message the layer
+    # took on another thread's loop would sit unnoticed until the timeout.
+    frames = []
+    deadline = time.monotonic() + 2 * django_settings.PORTAL_SAMPLE_SECONDS + 0.5
+    while not frames and (left := deadline - time.monotonic()) > 0:
+        try:
+            message = await asyncio.wait_for(mine.output_queue.get(), timeout=left)
+        except asyncio.TimeoutError:
+            break
+        if message["type"] == "websocket.send" and '"samples"' in message.get("text", ""):
+            frames.append(json.loads(message["text"]))
+    await asyncio.to_thread(thread.join, 10)
+    assert not errors, errors
+    assert frames, "a sample published from the beat thread did not reach the socket within two intervals"
+    assert {g["uuid"] for frame in frames for item in frame["items"] for g in item["gpus"]} == {ours.uuid}
+    await mine.disconnect()
+    channel_layers.backends = {}
