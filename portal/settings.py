@@ -172,11 +172,12 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # STATIC_MANIFEST=1 (set by `make web` after collectstatic): hashed, compressed files served by
 # WhiteNoise with far-future caching. Otherwise WhiteNoise serves straight from the source folders.
 STATIC_MANIFEST = env_bool("STATIC_MANIFEST", False)
+# Collected files exist only in manifest mode; without it WhiteNoise would warn about a missing folder.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles"))) if STATIC_MANIFEST else None
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
