@@ -3,9 +3,12 @@
 Services that may be absent on a newcomer's machine (Redis, Docker, Chromium) skip their tests
 there; with PORTAL_REQUIRE_SERVICES=1 (set by .ci/run) a missing service fails the run instead."""
 
+import contextlib
 import os
 import shutil
 import socket
+import threading
+import time
 
 import pytest
 from django.conf import settings
@@ -189,3 +192,34 @@ def browser_login(page, base: str, username: str, password: str = "pw-Secret-123
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/login/" not in url)
+
+
+# --- A real ASGI server --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving_asgi(application):
+    """`application` under uvicorn on a free loopback port, in a thread of this process (so it shares
+    the test database), with the ASGI lifespan so the app shuts down cleanly. Yields the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", ws="websockets-sansio"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -180,6 +180,13 @@ def _client() -> aiohttp.ClientSession:
     return client
 
 
+async def close_lab_clients() -> None:
+    """Close this event loop's pooled upstream session (ASGI lifespan shutdown)."""
+    client = _clients.pop(id(asyncio.get_running_loop()), None)
+    if client is not None and not client.closed:
+        await client.close()
+
+
 def _header(scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", []):
         if key == name:

@@ -3,7 +3,6 @@
 over the websocket while the node agent samples."""
 
 import importlib
-import socket
 import threading
 import time
 import uuid
@@ -12,6 +11,7 @@ import pytest
 from channels.layers import channel_layers
 
 from scheduler import telemetry
+from tests.conftest import serving_asgi
 from tests.telemetry.conftest import gpu_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.timeout(120)]
@@ -19,8 +19,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pyte
 @pytest.fixture
 def asgi_server(redis_url, settings):
     """portal.asgi under uvicorn in a thread of this process (so it sees the test database)."""
-    import uvicorn
-
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
                                            "CONFIG": {"hosts": [redis_url], "prefix": f"test-{uuid.uuid4().hex[:8]}"}}}
     settings.ALLOWED_HOSTS = ["testserver", "127.0.0.1"]
@@ -31,19 +29,8 @@ def asgi_server(redis_url, settings):
 
     saved = dict(vars(portal.asgi))
     application = importlib.reload(portal.asgi).application  # middleware and origin check read the settings above
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", ws="websockets", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://testserver:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_asgi(application) as port:
+        yield f"http://testserver:{port}"
     vars(portal.asgi).update(saved)  # later tests get the application as it was
     channel_layers.backends = {}
 

@@ -52,17 +52,9 @@ def audit_actions(target: Workspace) -> list[str]:
 
 # --- a real ASGI server (uvicorn, the portal's own asgi application) --------------------------
 
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
 from django.test import Client  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import serving_asgi  # noqa: E402
 
 
 @pytest.fixture
@@ -71,26 +63,14 @@ def portal_server(transactional_db, settings):
     process (so it shares the test database). Yields its base URL."""
     import importlib
 
-    import uvicorn
-
     import portal.asgi
 
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
     # The websocket origin check copies ALLOWED_HOSTS when the module is built: build it again
     # (production settings leave ALLOWED_HOSTS empty until the operator sets it).
     application = importlib.reload(portal.asgi).application
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", ws="websockets"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving_asgi(application) as port:
+        yield f"127.0.0.1:{port}"
 
 
 def session_cookie(user) -> dict[str, str]:
