@@ -37,7 +37,9 @@ test: install
 web: install
 	$(PY) manage.py migrate --noinput
 	STATIC_MANIFEST=1 $(PY) manage.py collectstatic --noinput -v 0
-	STATIC_MANIFEST=1 $(VENV)/bin/uvicorn portal.asgi:application --host 0.0.0.0 --port $(PORT) --proxy-headers --workers $${WEB_WORKERS:-2}
+	@# Kernel and telemetry websocket frames are small: per-message compression costs more CPU and latency than it saves.
+	STATIC_MANIFEST=1 $(VENV)/bin/uvicorn portal.asgi:application --host 0.0.0.0 --port $(PORT) --proxy-headers --workers $${WEB_WORKERS:-2} \
+		--ws websockets-sansio --ws-per-message-deflate false
 
 worker: install
 	$(VENV)/bin/celery -A portal worker -Q default,scheduler -n scheduler@%h -l info
