@@ -424,10 +424,20 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
 
     now = snap.now
     # A request cancelled since the snapshot must not be placed: only rows still pending become
-    # placed (the UPDATE locks them), and only those get allocations.
-    still_pending = _mark_placed([p.request_id for p in decision.placements], now)
+    # placed (the UPDATE locks them), and only those get allocations. The waiting rows' new facts
+    # are compared meanwhile (on PostgreSQL while the server runs that UPDATE: see _mark_placed).
+    compared: list[list[tuple]] = []
+
+    def compare() -> None:
+        compared.append(_waiting_changes(decision, snap))
+        step("compare")
+
+    still_pending = _mark_placed([p.request_id for p in decision.placements], now, meanwhile=compare)
+    step("placed")  # on PostgreSQL: what was left of the UPDATE once the comparison was done
+    if not compared:
+        compare()
+    changed = compared[0]
     placements = [p for p in decision.placements if p.request_id in still_pending]
-    step("placed")
     rows = []
     node_names = {n.id: n.name for n in snap.engine.nodes}
     for p in placements:
@@ -456,21 +466,6 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
                                        changes={"preempt_at": preempt_at, "for_request": v.for_request_id}))
             result.preempting.append((v.request_id, preempt_at))
 
-    changed = []
-    texts: dict[tuple, str] = {}  # most waiting rows share a handful of reason lists: encode each once
-    shown = snap.shown
-    for request_id, w in decision.waiting.items():
-        key = tuple(w.reasons)
-        reasons = texts.get(key)
-        if reasons is None:
-            reasons = texts[key] = reasons_json(w.reasons)
-        # To the next whole minute: precise enough to show, and a pass does not rewrite every
-        # waiting row only because the clock moved.
-        eta = math.ceil(w.estimated_start / 60) * 60 if w.estimated_start is not None else None
-        row = (reasons, w.position_team, w.position_global, eta)
-        if shown.get(request_id) != row:
-            changed.append((request_id, *row))
-    step("compare")
     result.waiting_rewritten = len(changed)
     _write_waiting(changed)
     step("waiting")
@@ -486,6 +481,25 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
         _send_on_commit(signals.allocation_preempting, request_id=request_id, preempt_at=at)
 
 
+def _waiting_changes(decision: engine.Decision, snap) -> list[tuple]:
+    """The waiting requests whose shown facts change (tuples for _write_waiting)."""
+    changed = []
+    texts: dict[tuple, str] = {}  # most waiting rows share a handful of reason lists: encode each once
+    shown = snap.shown
+    for request_id, w in decision.waiting.items():
+        key = tuple(w.reasons)
+        reasons = texts.get(key)
+        if reasons is None:
+            reasons = texts[key] = reasons_json(w.reasons)
+        # To the next whole minute: precise enough to show, and a pass does not rewrite every
+        # waiting row only because the clock moved.
+        eta = math.ceil(w.estimated_start / 60) * 60 if w.estimated_start is not None else None
+        row = (reasons, w.position_team, w.position_global, eta)
+        if shown.get(request_id) != row:
+            changed.append((request_id, *row))
+    return changed
+
+
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -497,18 +511,25 @@ def reasons_json(reasons: list[tuple[str, str]]) -> str:
     return json.dumps([{"code": code, "message": message} for code, message in reasons], ensure_ascii=False)
 
 
-def _mark_placed(request_ids: list[int], now: datetime.datetime) -> set[int]:
-    """Placed: the requests among `request_ids` still pending (locked by the update). Returns their ids."""
+def _mark_placed(request_ids: list[int], now: datetime.datetime, meanwhile=None) -> set[int]:
+    """Placed: the requests among `request_ids` still pending (locked by the update). Returns their ids.
+    On PostgreSQL the UPDATE is sent in pipeline mode and `meanwhile()` (client work that needs
+    no database) runs while the server executes it: the two take about as long, and the machine
+    has cores for both."""
     if not request_ids:
         return set()
     if connection.vendor == "postgresql":
         table = AllocationRequest._meta.db_table
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET state = %s, placed_at = %s, pending_reasons = '[]'::jsonb, queue_position_team = NULL, "
-                f"queue_position_global = NULL, estimated_start = NULL WHERE id = ANY(%s::bigint[]) AND state = %s RETURNING id",
-                [AllocationRequest.State.PLACED, now, request_ids, AllocationRequest.State.PENDING])
-            return {row[0] for row in cursor.fetchall()}
+            with connection.connection.pipeline() as pipeline:
+                cursor.cursor.execute(
+                    f"UPDATE {table} SET state = %s, placed_at = %s, pending_reasons = '[]'::jsonb, queue_position_team = NULL, "
+                    f"queue_position_global = NULL, estimated_start = NULL WHERE id = ANY(%s::bigint[]) AND state = %s RETURNING id",
+                    [AllocationRequest.State.PLACED, now, request_ids, AllocationRequest.State.PENDING])
+                if meanwhile is not None:
+                    meanwhile()
+                pipeline.sync()
+                return {row[0] for row in cursor.cursor.fetchall()}
     still_pending: set[int] = set()
     for chunk in _chunks(request_ids, 5000):
         still_pending.update(AllocationRequest.objects.select_for_update().filter(
