@@ -350,7 +350,10 @@ def bench_fanout(args, user, tmp: Path) -> dict:
     env = {**os.environ, "ALLOWED_HOSTS": "127.0.0.1,localhost", "PORTAL_INPROCESS_BEAT": "0", "DEBUG": "0",
            "SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0", "LOG_LEVEL": "WARNING"}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                               "--log-level", "warning", "--ws", "websockets-sansio", "--ws-max-queue", "64", "--backlog", "4096"],
+                               "--log-level", "warning", "--ws", "websockets-sansio", "--ws-max-queue", "64", "--backlog", "4096",
+                               # as `make web` runs it: no per-message compression (each frame would be
+                               # compressed once per client)
+                               "--ws-per-message-deflate", "false"],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "uvicorn.log", "w"))
     try:
         import httpx
