@@ -59,3 +59,10 @@ def audit_events(*, team: str = "", actor: str = "", action: str = "", outcome: 
 
 def audit_recent(*, limit: int = 10):
     return AuditEvent.objects.select_related("team").order_by("-id")[:limit]
+
+
+def team_granted_flavors(*, team: Team) -> list[str]:
+    """Flavors the team holds an active grant for, largest grant first."""
+    now = timezone.now()
+    return list(QuotaGrant.objects.filter(team=team, starts_at__lte=now).filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+                .order_by("-count", "flavor").values_list("flavor", flat=True))

@@ -1,6 +1,7 @@
 from django import forms
 
 from governance.access import can, teams_visible_to
+from governance.selectors import team_granted_flavors
 from workspaces import selectors
 from workspaces.models import Image, Workspace
 
@@ -24,6 +25,14 @@ class WorkspaceCreateForm(forms.Form):
         team = next((t for t in teams if t.slug == slug), teams[0] if teams else None)
         self.selected_team = team
         self.fields["image"].queryset = selectors.image_choices_for(team=team)
+        if not self.is_bound and team is not None:
+            # Start from what the team is entitled to, not from the first model in the inventory.
+            offered = {value for value, _label in self.fields["flavor"].choices}
+            for flavor in team_granted_flavors(team=team):
+                value = flavor if flavor in offered else f"mig:{flavor}"
+                if value in offered:
+                    self.initial["flavor"] = value
+                    break
 
     def flavor_parts(self) -> tuple[str, bool]:
         value = self.cleaned_data["flavor"]

@@ -122,3 +122,21 @@ def test_a_refused_action_says_why_and_changes_nothing(client, member, team, fle
     response = client.post(reverse("workspace-action", args=[workspace.pk, "stop"]), **HTMX)
     assert response.status_code == 409 and "Only a running workspace can be stopped" in response.content.decode()
     assert AuditEvent.objects.count() == events
+
+
+def test_launch_form_starts_from_a_flavor_the_team_is_granted(client, member, team, fleet, lab_image):
+    from tests.factories import QuotaGrantFactory
+
+    QuotaGrantFactory(team=team, flavor="1g.18gb", count=2)
+    QuotaGrantFactory(team=team, flavor="H200", count=4)
+    client.force_login(member)
+    form = client.get(reverse("workspace-new")).context["form"]
+    assert form["flavor"].value() == "H200"  # the largest active grant; the inventory's first model is A100
+
+
+def test_launch_form_offers_a_granted_mig_profile_as_a_slice(client, member, team, fleet, lab_image):
+    from tests.factories import QuotaGrantFactory
+
+    QuotaGrantFactory(team=team, flavor="1g.18gb", count=2)
+    client.force_login(member)
+    assert client.get(reverse("workspace-new")).context["form"]["flavor"].value() == "mig:1g.18gb"
