@@ -15,6 +15,9 @@
    - fairness_gap: worst team's relative deviation |got - fair| / fair, where `fair` is the weighted
      max-min (water-filling) share of the GPU-seconds delivered, by the teams' grant weights and demands
    - interactive_p95_wait_s: 95th percentile of interactive requests' wait (arrival to start)
+   Printed on the [trace] lines only (not a goal of the issue, a stricter view kept for later work):
+   - inst_gap: the worst team's |got - fair| / fair where `fair` is the instantaneous weighted max-min
+     share, accumulated only while a flavor is contended (some team waits for it)
 
 `--tiny` runs a very small version (the test suite uses it to check the script works).
 No figure here is asserted anywhere: they are measured and printed.
@@ -260,12 +263,38 @@ def simulate(policy: str, jobs: list[Job], weights: list[int], nodes, devices, h
     dev_by_key = {d.key: d for d in devices}
     passes = 0
     decide_s = 0.0
+    team_weight = {t: weights[t - 1] for t in teams_usage}
+    inst_fair = {t: 0.0 for t in teams_usage}  # GPU-seconds of each team's instantaneous fair share
+    inst_got = {t: 0.0 for t in teams_usage}  # GPU-seconds held while some team of the flavor waited
+
+    def account_fair(dt: float):
+        """Instantaneous fair share over [last, last + dt]: per flavor, the weighted max-min split of the
+        flavor's GPUs among the teams that want them now (running + waiting GPUs), where some team waits."""
+        want: dict[str, dict[int, float]] = {}
+        held: dict[str, dict[int, float]] = {}
+        for job in pending.values():
+            w = want.setdefault(job.flavor, {})
+            w[job.team] = w.get(job.team, 0) + job.count
+        for job, keys, *_rest in running.values():
+            w = want.setdefault(job.flavor, {})
+            w[job.team] = w.get(job.team, 0) + len(keys)
+            h = held.setdefault(job.flavor, {})
+            h[job.team] = h.get(job.team, 0) + len(keys)
+        for flavor, w in want.items():
+            if sum(w.values()) <= capacity[flavor]:
+                continue  # nobody need wait: no contention, nothing to share out
+            fair_now = _waterfill(capacity[flavor], w, team_weight)
+            h = held.get(flavor, {})
+            for t in w:
+                inst_fair[t] += fair_now[t] * dt
+                inst_got[t] += h.get(t, 0) * dt
 
     def account(until: float):
         nonlocal last
         dt = until - last
         if dt <= 0:
             return
+        account_fair(min(until, horizon) - last if last < horizon else 0.0)
         decay = math.pow(0.5, dt / half_life_s)
         for t in teams_usage:
             teams_usage[t] *= decay
@@ -334,6 +363,7 @@ def simulate(policy: str, jobs: list[Job], weights: list[int], nodes, devices, h
     used = sum(used_gpu_s.values())
     fair = _waterfill(used, demand, {t: weights[t - 1] for t in demand})
     gaps = [abs(used_gpu_s[t] - fair[t]) / fair[t] for t in demand if fair[t] > 0]
+    inst_gaps = {t: (inst_got[t] - inst_fair[t]) / inst_fair[t] for t in demand if inst_fair[t] > 0}
 
     waits_interactive.sort()
     never = [j for j in jobs if j.interactive and j.first_start is None]
@@ -341,7 +371,11 @@ def simulate(policy: str, jobs: list[Job], weights: list[int], nodes, devices, h
     if os.environ.get("BENCH_TEAMS"):
         for t in sorted(demand, key=lambda t: -abs(used_gpu_s[t] - fair[t]) / max(fair[t], 1))[:8]:
             print(f"  team {t}: weight {weights[t - 1]}, demand {demand[t] / 3600:.0f} GPU-h, fair {fair[t] / 3600:.0f}, got {used_gpu_s[t] / 3600:.0f}")
+    if os.environ.get("BENCH_TEAMS"):
+        for t in sorted(inst_gaps, key=lambda t: -abs(inst_gaps[t]))[:8]:
+            print(f"  team {t}: weight {weights[t - 1]}, contended fair {inst_fair[t] / 3600:.0f} GPU-h, got {inst_got[t] / 3600:.0f} ({inst_gaps[t]:+.3f})")
     return {"util": used / (cap_total * horizon), "util_vs_bound": used / bound, "fairness_gap": max(gaps, default=0.0),
+            "inst_gap": max((abs(g) for g in inst_gaps.values()), default=0.0),
             "fairness_share_gap": max(abs(used_gpu_s[t] - fair[t]) / used for t in demand) if used else 0.0,
             "interactive_p95_wait_s": p95, "interactive_never_started": len(never), "passes": passes,
             "mean_pass_ms": decide_s / max(passes, 1) * 1000, "jobs": len(jobs)}
@@ -434,7 +468,7 @@ def main(argv=None) -> int:
     fifo_run = simulate("fifo", jobs, weights, sim_n, sim_d, horizon)
     for name, run in (("engine", engine_run), ("fifo", fifo_run)):
         print(f"[trace] {name}: util {run['util']:.3f}, util_vs_bound {run['util_vs_bound']:.3f}, "
-              f"fairness_gap {run['fairness_gap']:.3f} (in share points of all GPU-hours {run['fairness_share_gap']:.4f}), "
+              f"fairness_gap {run['fairness_gap']:.3f} (in share points of all GPU-hours {run['fairness_share_gap']:.4f}), inst_gap {run['inst_gap']:.3f}, "
               f"interactive p95 wait {run['interactive_p95_wait_s']:.0f} s, never started {run['interactive_never_started']}, "
               f"{run['passes']} passes, mean {run['mean_pass_ms']:.2f} ms")
     line = (f"placements_per_s={figures['placements_per_s']:.0f} pass_ms={figures['pass_ms']:.0f} "

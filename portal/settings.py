@@ -315,6 +315,8 @@ PORTAL_JUPYTER_COMMAND = env_str("PORTAL_JUPYTER_COMMAND", "")
 PORTAL_PREEMPT_GRACE_SECONDS = env_int("PORTAL_PREEMPT_GRACE_SECONDS", 300)
 PORTAL_PREEMPT_MIN_RUNTIME_SECONDS = env_int("PORTAL_PREEMPT_MIN_RUNTIME_SECONDS", 600)
 PORTAL_FAIRSHARE_HALF_LIFE_HOURS = env_float("PORTAL_FAIRSHARE_HALF_LIFE_HOURS", 7 * 24)
+# A borrowing request may reclaim borrowed GPUs of teams further above their fair share.
+PORTAL_FAIR_RECLAIM = env_bool("PORTAL_FAIR_RECLAIM", True)
 # Docker launcher: which portal owns a container (two portals may share an engine), whether a
 # missing image may be pulled, the lab command template, and the labs' isolated bridge network.
 PORTAL_DOCKER_INSTANCE = env_str("PORTAL_DOCKER_INSTANCE", "")

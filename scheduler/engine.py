@@ -6,10 +6,11 @@ requests get which devices, which allocations are chosen as preemption victims, 
 request that still waits, why (ranked), its queue positions and an estimated start.
 
 What it does, in order:
-1. Queue order: requests within their team's quota before borrowing ones; then priority class; then
-   weighted fair share (decayed GPU-seconds used, plus what the team holds now, per granted GPU);
-   then age; then id. The same snapshot in any row order gives the same decision (everything is
-   sorted by ids, never by input position).
+1. Queue order: requests within their team's quota before borrowing ones. Within quota: priority
+   class, then weighted fair share (decayed GPU-seconds used, plus what the team holds now, per
+   granted GPU), then age. Borrowing (sharing out idle capacity, as Kueue's fair sharing does between
+   cohorts): fair share first, then priority, then age. Then id. The same snapshot in any row order
+   gives the same decision (everything is sorted by ids, never by input position).
 2. Placement, best fit: the node left with the fewest free devices of the flavor; among those,
    one where an NVLink group holds the whole set; one node when required.
 3. The first request of each flavor that cannot start gets a shadow reservation: the devices (and
@@ -17,8 +18,10 @@ What it does, in order:
    onto those devices only if they end before that time, so backfill never delays it.
 4. A within-quota request that cannot be placed may preempt: first borrowed allocations (teams
    beyond their grants), then preemptible allocations of lower priority; never a non-preemptible
-   within-quota one, never one younger than the minimum runtime, never another team's allocation for
-   a borrowing request. The fewest victims that free a fitting set on one node are chosen; they get
+   within-quota one, never one younger than the minimum runtime. A borrowing request may reclaim
+   (Run:ai/KAI's reclaim) only borrowed allocations of no higher priority whose team would still
+   stand above the borrower in fair share after the move (no ping-pong); `fair_reclaim=False` turns
+   that off. The fewest victims that free a fitting set on one node are chosen; they get
    `preempt_at = now + grace` and are released by a later pass.
 5. Advance reservations hold chosen devices for a team during a window: others may use them only
    with work that ends before the window starts.
@@ -141,6 +144,8 @@ class Snapshot:
     min_runtime_s: float = 600.0
     hold_weight_s: float = 3600.0  # what holding one device now weighs in fair share, in GPU-seconds
     preemption_searches: int = 64  # bound on preemption searches per pass
+    backfill_depth: int = 1  # blocked requests per flavor that get a shadow reservation (backfill protects them)
+    fair_reclaim: bool = True  # a borrowing request may reclaim borrowed GPUs of teams further above their share
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -267,6 +272,7 @@ class _Pass:
             self.granted_flavor[flavor] = self.granted_flavor.get(flavor, 0) + count
             self.grant_teams.setdefault(flavor, []).append(team_id)
         self._pool_cache: dict[str, tuple[int, int]] = {}
+        self.weights: dict[int, int] = {}
 
         # Per-device constraints set during the pass.
         self.shadow: dict[int, float] = {}  # key -> backfill must end by this time (claimed: now)
@@ -293,7 +299,8 @@ class _Pass:
             ends.sort()
         self._by_request: dict[int, list[AllocIn]] | None = None
         self._preempt_miss: dict[tuple[int, str, int], float] = {}
-        self.shadowed_flavors: dict[str, tuple[int, float]] = {}
+        self.shadowed_flavors: dict[str, tuple[int, float]] = {}  # flavor -> its first shadowed request, its start
+        self.shadow_count: dict[str, int] = {}
 
     # -- helpers --
 
@@ -424,6 +431,16 @@ class _Pass:
 
     # -- ordering --
 
+    def _share(self, team_id: int, devices: int = 0) -> float:
+        """The team's fair-share standing (lower goes first): decayed GPU-seconds used plus what it
+        holds now (and `devices` more, or fewer), per granted GPU."""
+        weight = self.weights.get(team_id)
+        if weight is None:
+            weight = self.weights[team_id] = max(1, sum(v for (t, _f), v in self.grants.items() if t == team_id))
+        team = self.teams.get(team_id)
+        usage = (team.usage if team else 0.0) + (self.holding.get(team_id, 0) + devices) * self.snap.hold_weight_s
+        return usage / weight
+
     def _order(self) -> tuple[list[RequestIn], dict[int, bool]]:
         by_team: dict[int, list[RequestIn]] = {}
         for r in self.snap.requests:
@@ -437,11 +454,8 @@ class _Pass:
                 c = cum.get(r.flavor, 0) + r.count
                 cum[r.flavor] = c
                 within[r.id] = self.used.get((team_id, r.flavor), 0) + c <= self.grants.get((team_id, r.flavor), 0)
-            team = self.teams.get(team_id)
-            usage = (team.usage if team else 0.0) + self.holding.get(team_id, 0) * self.snap.hold_weight_s
-            weight = sum(v for (t, _f), v in self.grants.items() if t == team_id) if self.grants else 0
-            share[team_id] = usage / max(weight, 1)
-        order = sorted(self.snap.requests, key=lambda r: (0 if within[r.id] else 1, -r.priority, share[r.team_id], r.created_at, r.id))
+            share[team_id] = self._share(team_id)
+        order = sorted(self.snap.requests, key=lambda r: (0, -r.priority, share[r.team_id], r.created_at, r.id) if within[r.id] else (1, share[r.team_id], -r.priority, r.created_at, r.id))
         return order, within
 
     # -- placement --
@@ -596,14 +610,25 @@ class _Pass:
             self._victim_index[flavor] = index
         return index
 
-    def _preempt(self, r: RequestIn, end: float) -> tuple[list[AllocIn], float] | None:
+    def _preempt(self, r: RequestIn, end: float, *, reclaim: bool = False, pool: bool = False) -> tuple[list[AllocIn], float] | None:
         """Choose the fewest victims that free a fitting set for `r` on one node. Returns the victims'
-        representative allocations (one per victim request) and when the set is free."""
+        representative allocations (one per victim request) and when the set is free.
+
+        `reclaim`: `r` borrows. Only borrowed allocations of other teams, of no higher priority, whose
+        team stays above `r`'s team in fair share after the move (so the move cannot be undone by
+        the victim's next request: no ping-pong) may be chosen. `pool`: the borrowable pool is used
+        up, so the victims must also hand back enough borrowed devices for `r` to borrow."""
         if self.searches_left <= 0 or r.count > self.max_per_node.get(r.flavor, 0):
             return None
         # A search that found nothing for this team, flavor and priority finds nothing for a larger
         # request either (victims only get fewer during a pass): skip it.
-        miss_key = (r.team_id, r.flavor, r.priority)
+        miss_key = (r.team_id, r.flavor, r.priority, reclaim, pool)
+        min_victims = 0  # devices the victims must hold at least
+        if reclaim:
+            reclaimer_after = self._share(r.team_id, r.count)
+        if pool:
+            limited, _unlimited = self._pool(r.flavor)
+            min_victims = r.count - max(0, limited - self.borrowed_flavor.get(r.flavor, 0))
         if r.count >= self._preempt_miss.get(miss_key, INF):
             return None
         self.searches_left -= 1
@@ -625,7 +650,7 @@ class _Pass:
         for node_id in candidates:
             free = self._usable(node_id, r.flavor, r.team_id, end) if node_id in self.free and r.flavor in self.free[node_id] else []
             soon = soon_by_node.get(node_id, [])
-            need = r.count - len(free) - len(soon)
+            need = max(r.count - len(free) - len(soon), min_victims)
             picked: list[tuple[int, int, int]] = []  # (class, request id, devices)
             if need > 0:
                 options = []
@@ -635,7 +660,11 @@ class _Pass:
                     a = by_request[req_id][0]
                     if a.team_id == r.team_id or self.now - a.started_at < self.snap.min_runtime_s:
                         continue
-                    if a.borrowed:
+                    if reclaim:
+                        if not a.borrowed or a.priority > r.priority or self._share(a.team_id, -devs) <= reclaimer_after:
+                            continue
+                        cls = 0
+                    elif a.borrowed:
                         cls = 0
                     elif a.preemptible and a.priority < r.priority:
                         cls = 1
@@ -762,6 +791,23 @@ class _Pass:
             reasons.append((NO_CAPACITY_TOGETHER, f"No free {flavor} fits this request now."))
         return reasons
 
+    def _preempting(self, r: RequestIn, chosen: tuple[list[AllocIn], float], within: bool,
+                    preemptions: list[Preemption]) -> Waiting:
+        victims, ready_at = chosen
+        for v in victims:
+            preemptions.append(Preemption(request_id=v.request_id, team_id=v.team_id,
+                                          preempt_at=self.now + self.snap.grace_s, for_request_id=r.id))
+        plural = "s" if len(victims) != 1 else ""
+        if victims and not within:
+            msg = (f"Reclaiming {r.flavor} from {len(victims)} borrowed workload{plural} of teams further above "
+                   f"their fair share; they stop after a grace period.")
+        elif victims:
+            msg = (f"Reclaiming {r.flavor} from {len(victims)} borrowed or lower-priority "
+                   f"workload{plural}; they stop after a grace period.")
+        else:
+            msg = f"{r.flavor} being reclaimed from preempted workloads will go to this request."
+        return Waiting(r.id, [(PREEMPTION_IN_PROGRESS, msg)], estimated_start=ready_at, within_quota=within)
+
     # -- run --
 
     def run(self) -> Decision:
@@ -780,7 +826,14 @@ class _Pass:
             if not within:
                 block = self._quota_block(r)
                 if block is not None:
-                    waiting[r.id] = Waiting(r.id, [block], estimated_start=self._eta_quota(r), within_quota=False)
+                    # Only the borrowable pool is used up (the team's own borrowing limit allows it):
+                    # borrowed GPUs of teams further above their share can be reclaimed for it.
+                    pool_blocked = self.borrowed_team.get(r.team_id, 0) + r.count <= (self.teams.get(r.team_id) or TeamIn(id=r.team_id)).borrow_limit
+                    chosen = self._preempt(r, end, reclaim=True, pool=True) if pool_blocked and self.snap.fair_reclaim else None
+                    if chosen is None:
+                        waiting[r.id] = Waiting(r.id, [block], estimated_start=self._eta_quota(r), within_quota=False)
+                    else:
+                        waiting[r.id] = self._preempting(r, chosen, within, preemptions)
                     continue
             found = self._find(r, end)
             if found is not None:
@@ -789,26 +842,18 @@ class _Pass:
                 continue
             ahead = blocked_ahead.get(r.flavor, 0)
             blocked_ahead[r.flavor] = ahead + 1
-            if within:
-                chosen = self._preempt(r, end)
+            if within or self.snap.fair_reclaim:
+                chosen = self._preempt(r, end, reclaim=not within)
                 if chosen is not None:
-                    victims, ready_at = chosen
-                    for v in victims:
-                        preemptions.append(Preemption(request_id=v.request_id, team_id=v.team_id,
-                                                      preempt_at=now + self.snap.grace_s, for_request_id=r.id))
-                    if victims:
-                        msg = (f"Reclaiming {r.flavor} from {len(victims)} borrowed or lower-priority "
-                               f"workload{'s' if len(victims) != 1 else ''}; they stop after a grace period.")
-                    else:
-                        msg = f"{r.flavor} being reclaimed from preempted workloads will go to this request."
-                    waiting[r.id] = Waiting(r.id, [(PREEMPTION_IN_PROGRESS, msg)], estimated_start=ready_at, within_quota=within)
+                    waiting[r.id] = self._preempting(r, chosen, within, preemptions)
                     continue
             blocked.append((r, end, ahead))
             eta = None
-            if r.flavor not in self.shadowed_flavors:
+            if self.shadow_count.get(r.flavor, 0) < self.snap.backfill_depth:
                 shadow = self._shadow(r)
                 if shadow is not None:
-                    self.shadowed_flavors[r.flavor] = (r.id, shadow[0])
+                    self.shadowed_flavors.setdefault(r.flavor, (r.id, shadow[0]))
+                    self.shadow_count[r.flavor] = self.shadow_count.get(r.flavor, 0) + 1
                     eta = shadow[0]
             fluid = self._eta_fluid(r)
             if eta is None:

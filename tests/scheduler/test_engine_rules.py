@@ -139,7 +139,8 @@ def test_preemption_in_progress_is_not_repeated():
     assert d.waiting[r].estimated_start == NOW + 120
 
 
-def test_borrowing_requests_never_preempt():
+def test_borrowing_request_does_not_reclaim_from_a_team_that_would_end_below_it():
+    # Neither team has used anything: taking team 2's GPUs would leave it below team 1.
     f = Fleet()
     keys = f.node(4)
     f.team(1, borrow_limit=4)
@@ -148,6 +149,66 @@ def test_borrowing_requests_never_preempt():
     r = f.want(1, 1)
     d = f.decide()
     assert d.preemptions == [] and r not in placed(d)
+
+
+def test_borrowing_request_reclaims_borrowed_gpus_of_a_team_further_above_its_share():
+    f = Fleet()
+    keys = f.node(4)
+    f.team(1, H100=1, borrow_limit=4)
+    f.team(2, H100=1, borrow_limit=4, usage=500 * 3600.0)  # 500 GPU-hours used lately
+    victim = f.hold(keys, 2, borrowed=True, priority=50)
+    r = f.want(1, 2, priority=50)  # beyond team 1's single granted GPU: borrowing
+    d = f.decide()
+    assert [(p.request_id, p.for_request_id) for p in d.preemptions] == [(victim, r)]
+    assert codes(d, r) == ["preemption_in_progress"]
+    assert "fair share" in d.waiting[r].reasons[0][1]
+    assert d.waiting[r].estimated_start == NOW + f.options.get("grace_s", 300.0)
+
+
+def test_fair_share_reclaim_spares_higher_priority_and_young_work_and_can_be_turned_off():
+    def fleet(**options):
+        f = Fleet()
+        keys = f.node(4)
+        f.team(1, H100=1, borrow_limit=4)
+        f.team(2, H100=1, borrow_limit=4, usage=500 * 3600.0)
+        f.options.update(options)
+        return f, keys
+
+    f, keys = fleet()
+    f.hold(keys, 2, borrowed=True, priority=100)  # an interactive session: higher than the batch request
+    f.want(1, 2, priority=50)
+    assert f.decide().preemptions == []
+
+    f, keys = fleet()
+    f.hold(keys, 2, borrowed=True, priority=50, age_s=60)  # younger than the minimum runtime
+    f.want(1, 2, priority=50)
+    assert f.decide().preemptions == []
+
+    f, keys = fleet(fair_reclaim=False)
+    f.hold(keys, 2, borrowed=True, priority=50)
+    f.want(1, 2, priority=50)
+    assert f.decide().preemptions == []
+
+    f, keys = fleet()
+    f.team(1, H100=1, borrow_limit=1)  # its own borrowing limit stops it, not the pool
+    f.hold(keys, 2, borrowed=True, priority=50)
+    r = f.want(1, 2, priority=50)
+    d = f.decide()
+    assert d.preemptions == [] and codes(d, r) == ["waiting_for_quota"]
+
+
+def test_borrowing_requests_are_ordered_by_fair_share_before_priority():
+    # Borrowing is sharing idle capacity: who gets it goes by fair share (as Kueue's fair sharing
+    # orders cohorts), priority only breaks ties; within-quota requests keep priority first.
+    f = Fleet()
+    f.node(8)
+    f.team(1, H100=1, borrow_limit=8, usage=100 * 3600.0)
+    f.team(2, H100=1, borrow_limit=8, usage=0)
+    heavy_interactive = f.want(1, 2, priority=100, age_s=500)
+    light_batch = f.want(2, 2, priority=50, age_s=100)
+    light_best_effort = f.want(2, 2, priority=0, age_s=900)
+    d = f.decide()
+    assert d.order == [light_batch, light_best_effort, heavy_interactive]
 
 
 def test_mig_gpu_is_allocated_only_by_slices():
