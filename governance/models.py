@@ -203,7 +203,8 @@ class AuditEvent(models.Model):
         raise PermissionError("audit events are append-only")
 
     def chain_payload(self) -> dict:
-        """The fields the hash covers, in canonical form (ids, not objects; ISO time in UTC)."""
+        """The fields the hash covers, in canonical form (ids, not objects; ISO time in UTC).
+        governance.audit._copy_events builds this same dict without an instance: change both."""
         return {
             "created_at": self.created_at.astimezone(datetime.UTC).isoformat(timespec="microseconds"),
             "actor_id": self.actor_id,

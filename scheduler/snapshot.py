@@ -69,6 +69,19 @@ def seconds_of(name: str, postgres: bool):
     return _Epoch(F(name)) if postgres else F(name)
 
 
+def rows_of(queryset, postgres: bool):
+    """The rows of a values_list() queryset. On PostgreSQL straight from the cursor, the same SQL:
+    psycopg already gives the Python values (ints, bools, text, floats from ::float8), and Django's
+    per-value converters (a float() call for each annotated float) took half the time of reading
+    the 10,000 pending requests. Elsewhere as Django gives them (SQLite's converters are needed)."""
+    if not postgres:
+        return queryset
+    sql, params = queryset.query.get_compiler(using=queryset.db).as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
     now = now or timezone.now()
     now_s = now.timestamp()
@@ -80,14 +93,14 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
     devices: list[engine.DeviceIn] = []
     gpus = GpuDevice.objects.filter(node__gone_confirmed_at__isnull=True).values_list(
         "id", "node_id", "model", "mig_enabled", "nvlink_group", "index", "healthy")
-    for gpu_id, node_id, model, mig_enabled, group, index, healthy in gpus:
+    for gpu_id, node_id, model, mig_enabled, group, index, healthy in rows_of(gpus, postgres):
         if healthy and not mig_enabled:
             devices.append(engine.DeviceIn(key=gpu_id, node_id=node_id, flavor=model, mig=False, group=group or "",
                                            parent=gpu_id, index=index))
     slices = MigSlice.objects.filter(gpu__mig_enabled=True, gpu__healthy=True, healthy=True,
                                      gpu__node__gone_confirmed_at__isnull=True).values_list(
         "id", "gpu_id", "gpu__node_id", "profile", "index")
-    for slice_id, gpu_id, node_id, profile, index in slices:
+    for slice_id, gpu_id, node_id, profile, index in rows_of(slices, postgres):
         devices.append(engine.DeviceIn(key=-slice_id, node_id=node_id, flavor=profile, mig=True, group="",
                                        parent=gpu_id, index=index))
 
@@ -98,7 +111,7 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
         "id", "request_id", "team_id", "gpu_id", "mig_slice_id", "node_id", "borrowed", "preemptible",
         "request__priority", "started_s", "planned_end_s", "preempt_at_s", "gpu__model", "mig_slice__profile")
     for (alloc_id, req_id, team_id, gpu_id, slice_id, node_id, borrowed, preemptible, priority, started, planned_end,
-         preempt_at, model, profile) in live:
+         preempt_at, model, profile) in rows_of(live, postgres):
         allocations.append(engine.AllocIn(
             id=alloc_id, request_id=req_id, team_id=team_id, key=gpu_id if gpu_id is not None else -slice_id,
             node_id=node_id, flavor=model if gpu_id is not None else profile, borrowed=borrowed,
@@ -115,7 +128,7 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
         "id", "team_id", "flavor", "count", "mig", "same_node", "nvlink_preferred", "priority", "preemptible",
         "max_duration_s", "created_s", "reasons_text", "queue_position_team", "queue_position_global", "eta_s")
     for (req_id, team_id, flavor, count, mig, same_node, nvlink, priority, preemptible, max_duration_s, created,
-         reasons, pos_team, pos_global, eta) in pending:
+         reasons, pos_team, pos_global, eta) in rows_of(pending, postgres):
         requests.append(engine.RequestIn(
             id=req_id, team_id=team_id, flavor=flavor, count=count, mig=mig, same_node=same_node,
             nvlink_preferred=nvlink, priority=priority, preemptible=preemptible, max_duration_s=max_duration_s,
@@ -141,6 +154,6 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
     snap = engine.Snapshot(
         now=now_s, nodes=nodes, devices=[d for d in devices if d.node_id in node_ids], allocations=allocations,
         requests=requests, teams=teams, grants=grants, reservations=reservations, grace_s=grace_seconds(),
-        min_runtime_s=min_runtime_seconds(),
+        min_runtime_s=min_runtime_seconds(), fair_reclaim=settings.PORTAL_FAIR_RECLAIM,
     )
     return DbSnapshot(engine=snap, now=now, shown=shown, node_of_key={d.key: d.node_id for d in snap.devices})

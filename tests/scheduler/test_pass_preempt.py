@@ -114,3 +114,39 @@ def test_young_allocations_are_not_preempted(team, other_team, member, settings)
     # An hour later the borrowed work is old enough to be reclaimed.
     schedule_pass_run(now=timezone.now() + datetime.timedelta(seconds=3601))
     assert Allocation.objects.filter(request=borrowed, preempt_at__isnull=False).count() == 4
+
+
+@pytest.mark.parametrize("fair_reclaim", [True, False])
+def test_borrowing_request_reclaims_from_a_team_far_above_its_fair_share(team, other_team, member, settings, listen, fair_reclaim):
+    from scheduler.models import UsageLedger
+
+    settings.PORTAL_PREEMPT_GRACE_SECONDS = 120
+    settings.PORTAL_PREEMPT_MIN_RUNTIME_SECONDS = 0
+    settings.PORTAL_FAIR_RECLAIM = fair_reclaim
+    small_fleet(nodes=1, gpus=4)
+    policy(team, borrow_limit=4)
+    policy(other_team, borrow_limit=4)
+    UsageLedger.objects.create(team=other_team, flavor="H100", gpu_seconds=500 * 3600.0)  # 500 GPU-hours lately
+    heavy_user = UserFactory(username="heavy")
+    MembershipFactory(team=other_team, user=heavy_user)
+    heavy = allocation_request_create(team=other_team, user=heavy_user, flavor="H100", count=4, priority=PriorityClass.BATCH)
+    heavy.refresh_from_db()
+    assert heavy.state == "placed" and all(a.borrowed for a in heavy.allocations.all())
+
+    light = allocation_request_create(team=team, user=member, flavor="H100", count=2, priority=PriorityClass.BATCH)
+    light.refresh_from_db()
+    assert light.state == "pending"
+    if not fair_reclaim:
+        assert light.pending_reasons[0]["code"] == "waiting_for_quota"
+        assert listen["preempting"] == [] and not Allocation.objects.filter(preempt_at__isnull=False).exists()
+        return
+    assert light.pending_reasons[0]["code"] == "preemption_in_progress"
+    assert "fair share" in light.pending_reasons[0]["message"]
+    assert [rid for rid, _ in listen["preempting"]] == [heavy.pk]
+    later = schedule_pass_run(now=timezone.now() + datetime.timedelta(seconds=121))
+    assert later.released == [heavy.pk] and later.placed == [light.pk]
+    assert all(a.borrowed and a.preemptible for a in Allocation.objects.filter(request=light))
+    # The light team now holds borrowed GPUs but stays below the heavy team: no reclaim back.
+    allocation_request_create(team=other_team, user=heavy_user, flavor="H100", count=2, priority=PriorityClass.BATCH)
+    assert schedule_pass_run().preempting == []
+    assert audit_chain_verify().ok
