@@ -147,12 +147,12 @@ def audit_record_many(events: list[PendingEvent], *, returning: bool = True) -> 
     PostgreSQL none is built (returns [])."""
     if not events:
         return []
+    if len(events) > 1 and connection.vendor == "postgresql":
+        return audit_record_prepared(audit_prepare(events), returning=returning)
     with transaction.atomic():
         prev = _lock_chain()
         meta = context.current()
         now = timezone.now()
-        if len(events) > 1 and connection.vendor == "postgresql":
-            return _copy_events(events, prev, meta, now, returning=returning)
         rows = []
         for event in events:
             row = _build(event, prev, meta, now)
@@ -171,61 +171,120 @@ _COPY_TYPES = ("int8", "timestamptz", "int8", "text", "int8", "text", "text", "t
                "int8", "inet", "text", "text", "jsonb", "text", "text")
 
 
-def _copy_events(events: list[PendingEvent], prev: str, meta: context.RequestMeta, now: datetime.datetime, *,
-                 returning: bool = True) -> list[AuditEvent]:
-    """Append the events with binary COPY (PostgreSQL), several times faster than a multi-row INSERT;
-    each row is hashed and streamed as it is built, so the server inserts while the next ones are
-    hashed. No model instance is built unless `returning`: the hash is taken over the same dict
-    AuditEvent.chain_payload() gives for the stored row (audit_chain_verify recomputes it from
-    there; tests/governance/test_audit_chain.py checks bulk-written events verify).
-    Their ids are taken from the table's sequence first, in chain order, so the returned rows carry
-    their ids and `id` order is the chain's order (the chain lock is held: nobody else appends)."""
+@dataclass
+class PreparedEvents:
+    """Events encoded ahead of the chain's lock (audit_prepare): each event's canonical JSON is
+    complete but for its time and its link to the previous event, which only the chain's head
+    (read under the lock) decides. `parts[i]` = the text before the time, between the time and
+    the previous hash, and after it; `values[i]` = the stored columns but id, time and hashes."""
+
+    meta: context.RequestMeta
+    parts: list[tuple[str, str, str]]
+    values: list[tuple]
+    changes: list  # the changes as the JSON column gives them back (for returned rows)
+
+
+def _encode_value(value) -> str:
+    """One value as canonical_json writes it inside an object (the common scalars without the
+    encoder's per-call overhead)."""
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is str:
+        return _encode_str(value)
+    return _CANONICAL.encode(value)
+
+
+_encode_str = json.encoder.encode_basestring  # a str as JSON with ensure_ascii=False, as canonical_json writes it
+
+
+def audit_prepare(events: list[PendingEvent]) -> PreparedEvents:
+    """The expensive part of appending `events` (encoding, canonical JSON), done without the chain's
+    lock: a scheduling pass prepares its events while the database runs its other writes. The
+    events keep the request context of this call; pass the result to audit_record_prepared in the
+    same transaction. PostgreSQL only (the bulk path).
+
+    Each event's canonical JSON (canonical_json of AuditEvent.chain_payload(): sorted keys, no
+    spaces) is written key by key in that sorted order, which puts the time and the previous hash,
+    plain strings needing no escapes, between three fixed parts; the repeated fields of a batch
+    (action, actor, request, target type) are encoded once."""
+    meta = context.current()
+    labels: dict[tuple, str] = {}
+    heads: dict[tuple, str] = {}
+    middles: dict[str, str] = {}
+    tail_fixed = f',"request_id":{_encode_value(meta.request_id)},"source_ip":{_encode_value(meta.source_ip)},"target_id":'
+    parts, values, changes_list = [], [], []
+    for event in events:
+        actor = event.actor
+        actor_id = actor.pk if actor is not None else None
+        token_id = meta.token_id if actor is not None else None
+        label = labels.get((actor_id, token_id))
+        if label is None:
+            label = labels[(actor_id, token_id)] = _actor_label(actor, token_id)
+        target_id = str(event.target_id) if event.target_id != "" else ""
+        team_id = event.team.pk if event.team is not None else event.team_id
+        changes, text = _json_safe_text(event.changes or {})
+        head = heads.get((event.action, actor_id, label))
+        if head is None:
+            head = heads[(event.action, actor_id, label)] = (
+                f'{{"action":{_encode_value(event.action)},"actor_id":{_encode_value(actor_id)},'
+                f'"actor_label":{_encode_value(label)},"changes":')
+        middle = middles.get(event.outcome)
+        if middle is None:
+            middle = middles[event.outcome] = f'","outcome":{_encode_value(event.outcome)},"prev_hash":"'
+        before = f'{head}{_CANONICAL.encode(changes)},"created_at":"'
+        after = (f'"{tail_fixed}{_encode_value(target_id)},"target_type":{_encode_value(event.target_type)},'
+                 f'"team_id":{_encode_value(team_id)},"token_id":{_encode_value(token_id)}}}')
+        parts.append((before, middle, after))
+        values.append((actor_id, label, token_id, event.action, event.target_type, target_id, team_id,
+                       event.outcome, Jsonb(text, str)))
+        changes_list.append(changes)
+    return PreparedEvents(meta=meta, parts=parts, values=values, changes=changes_list)
+
+
+def audit_record_prepared(prepared: PreparedEvents, *, returning: bool = True) -> list[AuditEvent]:
+    """Append prepared events (audit_prepare) with one lock and a binary COPY; each row's hash is
+    the SHA-256 of the same canonical JSON AuditEvent.chain_payload() gives for the stored row
+    (audit_chain_verify recomputes it from there; tests/governance/test_audit_record_many.py checks
+    bulk-written events verify). Ids are taken from the table's sequence first, in chain order,
+    so `id` order is the chain's order (the chain lock is held: nobody else appends)."""
+    if not prepared.parts:
+        return []
     table = AuditEvent._meta.db_table
-    created_at = now.astimezone(datetime.UTC).isoformat(timespec="microseconds")
+    meta = prepared.meta
     source_ip = meta.source_ip
     inet = ipaddress.ip_address(source_ip) if source_ip else None  # binary inet takes an address object
-    labels: dict[tuple, str] = {}
     fields = None
     rows = []
-    encode, sha256 = _CANONICAL.encode, hashlib.sha256
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(events)])
-        ids = sorted(i for (i,) in cursor.fetchall())
-        with cursor.cursor.copy(f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_COPY_TYPES)
-            for event, pk in zip(events, ids):
-                actor = event.actor
-                actor_id = actor.pk if actor is not None else None
-                token_id = meta.token_id if actor is not None else None
-                label = labels.get((actor_id, token_id))
-                if label is None:
-                    label = labels[(actor_id, token_id)] = _actor_label(actor, token_id)
-                target_id = str(event.target_id) if event.target_id != "" else ""
-                team_id = event.team.pk if event.team is not None else event.team_id
-                changes, text = _json_safe_text(event.changes or {})
-                digest = sha256(encode({
-                    "created_at": created_at, "actor_id": actor_id, "actor_label": label, "token_id": token_id,
-                    "action": event.action, "target_type": event.target_type, "target_id": target_id,
-                    "team_id": team_id, "source_ip": source_ip, "request_id": meta.request_id,
-                    "outcome": event.outcome, "changes": changes, "prev_hash": prev,
-                }).encode()).hexdigest()
-                # Jsonb(text, str): the changes' JSON text as it is (psycopg would encode a str again).
-                copy.write_row((pk, now, actor_id, label, token_id, event.action, event.target_type, target_id,
-                                team_id, inet, meta.request_id, event.outcome, Jsonb(text, str), prev, digest))
-                if returning:
-                    if fields is None:
-                        fields = [f.attname for f in AuditEvent._meta.concrete_fields]
-                    values = {"id": pk, "created_at": now, "actor_id": actor_id, "actor_label": label, "token_id": token_id,
-                              "action": event.action, "target_type": event.target_type, "target_id": target_id,
-                              "team_id": team_id, "source_ip": source_ip, "request_id": meta.request_id,
-                              "outcome": event.outcome, "changes": changes, "prev_hash": prev, "hash": digest}
-                    row = AuditEvent(*[values[name] for name in fields])
-                    if actor is not None:
-                        row.actor = actor
-                    row._state.adding = False
-                    row._state.db = connection.alias
-                    rows.append(row)
-                prev = digest
+    sha256 = hashlib.sha256
+    with transaction.atomic():
+        prev = _lock_chain()
+        now = timezone.now()
+        created_at = now.astimezone(datetime.UTC).isoformat(timespec="microseconds")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                           [table, len(prepared.parts)])
+            ids = sorted(i for (i,) in cursor.fetchall())
+            with cursor.cursor.copy(f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_COPY_TYPES)
+                for (before, middle, after), value, changes, pk in zip(prepared.parts, prepared.values, prepared.changes, ids):
+                    digest = sha256(f"{before}{created_at}{middle}{prev}{after}".encode()).hexdigest()
+                    actor_id, label, token_id, action, target_type, target_id, team_id, outcome, text = value
+                    copy.write_row((pk, now, actor_id, label, token_id, action, target_type, target_id,
+                                    team_id, inet, meta.request_id, outcome, text, prev, digest))
+                    if returning:
+                        if fields is None:
+                            fields = [f.attname for f in AuditEvent._meta.concrete_fields]
+                        values = {"id": pk, "created_at": now, "actor_id": actor_id, "actor_label": label, "token_id": token_id,
+                                  "action": action, "target_type": target_type, "target_id": target_id,
+                                  "team_id": team_id, "source_ip": source_ip, "request_id": meta.request_id,
+                                  "outcome": outcome, "changes": changes, "prev_hash": prev, "hash": digest}
+                        row = AuditEvent(*[values[name] for name in fields])
+                        row._state.adding = False
+                        row._state.db = connection.alias
+                        rows.append(row)
+                    prev = digest
     return rows
 
 

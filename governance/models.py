@@ -204,7 +204,7 @@ class AuditEvent(models.Model):
 
     def chain_payload(self) -> dict:
         """The fields the hash covers, in canonical form (ids, not objects; ISO time in UTC).
-        governance.audit._copy_events builds this same dict without an instance: change both."""
+        governance.audit.audit_prepare builds this same dict without an instance: change both."""
         return {
             "created_at": self.created_at.astimezone(datetime.UTC).isoformat(timespec="microseconds"),
             "actor_id": self.actor_id,

@@ -121,15 +121,20 @@ class Allocation(models.Model):
     whatever the code does."""
 
     request = models.ForeignKey(AllocationRequest, on_delete=models.CASCADE, related_name="allocations")
-    # team and node repeat the request's team and the device's node (for the queries that group by
-    # them). Without a database constraint of their own: a pass inserts thousands of rows, and each
-    # constraint is one check per row at commit (these two were ~35 of the ~75 ms of checks), while the request's
-    # and the device's constraints already tie every row to rows that exist. on_delete still applies
-    # (Django's collector). The (team, released_at) index serves lookups by team.
+    # Only the request is tied by a database constraint. team and node repeat the request's team and
+    # the device's node (for the queries that group by them); gpu and mig_slice name inventory rows,
+    # which are never deleted (a vanished device is marked unhealthy, a gone node's rows stay).
+    # A pass inserts thousands of rows at once and each constraint costs a check per row at commit:
+    # the device's checks also lock every device row they name (FOR KEY SHARE), about half of a
+    # large pass's commit. on_delete still applies (Django's collector: PROTECT refuses to delete a
+    # device or node that has allocations). The (team, released_at) index serves lookups by team.
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="allocations", db_index=False, db_constraint=False)
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations", db_constraint=False)
-    gpu = models.ForeignKey(GpuDevice, null=True, blank=True, on_delete=models.PROTECT, related_name="allocations")
-    mig_slice = models.ForeignKey(MigSlice, null=True, blank=True, on_delete=models.PROTECT, related_name="allocations")
+    gpu = models.ForeignKey(GpuDevice, null=True, blank=True, on_delete=models.PROTECT, related_name="allocations",
+                            db_constraint=False)
+    # Indexed only where set (below): nearly every allocation is of a whole GPU.
+    mig_slice = models.ForeignKey(MigSlice, null=True, blank=True, on_delete=models.PROTECT, related_name="allocations",
+                                  db_constraint=False, db_index=False)
     borrowed = models.BooleanField(default=False, help_text="Beyond the team's grants: always preemptible.")
     preemptible = models.BooleanField(default=False)
     started_at = models.DateTimeField(default=timezone.now)
@@ -147,7 +152,8 @@ class Allocation(models.Model):
                 name="alloc_exactly_one_device",
             ),
         ]
-        indexes = [models.Index(fields=["team", "released_at"])]
+        indexes = [models.Index(fields=["team", "released_at"]),
+                   models.Index(fields=["mig_slice"], condition=Q(mig_slice__isnull=False), name="alloc_mig_slice_set")]
 
     def __str__(self):
         return f"{self.request_id} on {self.gpu or self.mig_slice}"

@@ -25,7 +25,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from governance.access import require
-from governance.audit import PendingEvent, audit_record, audit_record_many
+from governance.audit import PendingEvent, audit_prepare, audit_record, audit_record_many, audit_record_prepared
 from governance.models import Team, TeamPolicy, User
 from portal.errors import Conflict, DomainError
 from portal.tasks import enqueue
@@ -278,14 +278,15 @@ class PassResult:
     snapshot_ms: float = 0.0
     decide_ms: float = 0.0
     write_ms: float = 0.0  # writes and commit
-    total_ms: float = 0.0  # lock to committed
+    total_ms: float = 0.0  # lock to committed allocations
+    facts_ms: float = 0.0  # then the queue facts of waiting requests, in their own transaction
     steps_ms: dict = field(default_factory=dict)  # where the write time goes (the benchmark prints it)
 
     def summary(self) -> dict:
         return {"skipped": self.skipped, "placed": len(self.placed), "devices": self.devices_placed,
                 "preempting": len(self.preempting), "released": len(self.released), "waiting": self.waiting, "rewritten": self.waiting_rewritten,
                 "snapshot_ms": round(self.snapshot_ms, 1), "decide_ms": round(self.decide_ms, 1),
-                "write_ms": round(self.write_ms, 1), "total_ms": round(self.total_ms, 1)}
+                "write_ms": round(self.write_ms, 1), "total_ms": round(self.total_ms, 1), "facts_ms": round(self.facts_ms, 1)}
 
 
 @contextlib.contextmanager
@@ -303,57 +304,86 @@ def _gc_paused():
             gc.enable()
 
 
-def _try_pass_lock() -> bool:
-    """Inside the pass's transaction: PostgreSQL's transaction-scoped advisory lock (released at commit)."""
+@contextlib.contextmanager
+def _pass_lock(postgres: bool):
+    """One pass at a time, cluster-wide: PostgreSQL's session-level advisory lock (held across the
+    pass's two transactions, released even when the pass fails); a process lock in embedded mode
+    (SQLite serialises writers anyway). Yields whether it was taken (False: a pass is running)."""
+    if not postgres:
+        if not _process_pass_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            _process_pass_lock.release()
+        return
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_PASS_LOCK_KEY])
-        return bool(cursor.fetchone()[0])
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_PASS_LOCK_KEY])
+        taken = bool(cursor.fetchone()[0])
+    if not taken:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_PASS_LOCK_KEY])
 
 
 def schedule_pass_run(*, now: datetime.datetime | None = None) -> PassResult:
-    """Precondition: none. Runs one pass if no other pass is running (else returns skipped=True):
-    releases allocations whose preemption grace ended, accounts usage for fair share, snapshots,
-    decides, and writes every allocation and queue fact in ONE transaction; signals after commit."""
-    postgres = connection.vendor == "postgresql"
-    if not postgres and not _process_pass_lock.acquire(blocking=False):
-        return PassResult(skipped=True)
-    try:
-        started = time.perf_counter()
-        committed_at: list[float] = []
-        with _gc_paused(), transaction.atomic():
-            if postgres and not _try_pass_lock():
-                return PassResult(skipped=True)
-            # Registered first, so it runs right after COMMIT, before the signals' receivers.
-            transaction.on_commit(lambda: committed_at.append(time.perf_counter()))
-            now = now or timezone.now()
-            result = PassResult()
-            # The audit chain's lock is taken last, by the single audit write at the end of the pass:
-            # taken earlier, it would be held while waiting for a row another service has locked
-            # while that service waits for the chain (a deadlock).
-            events: list[PendingEvent] = []
-            result.released = _release_preempted(now, events)
-            _usage_account(now)
-            from scheduler.snapshot import snapshot_build
+    """Precondition: none. Runs one pass if no other pass is running (else returns skipped=True).
 
-            t0 = time.perf_counter()
-            snap = snapshot_build(now=now)
-            t1 = time.perf_counter()
-            decision = engine.decide(snap.engine)
-            t2 = time.perf_counter()
-            _pass_write(decision, snap, result, events)
-            written = time.perf_counter()
-        done = committed_at[0] if committed_at else time.perf_counter()
-        result.steps_ms["commit"] = (done - written) * 1000
-        result.snapshot_ms = (t1 - t0) * 1000
-        result.decide_ms = (t2 - t1) * 1000
-        result.write_ms = (done - t2) * 1000  # writes and commit
-        result.total_ms = (done - started) * 1000
-        if result.placed or result.preempting or result.released:
-            log.info("schedule pass: %s", result.summary())
-        return result
-    finally:
-        if not postgres:
-            _process_pass_lock.release()
+    First transaction: releases allocations whose preemption grace ended, accounts usage for fair
+    share, snapshots, decides, and writes every allocation, preemption mark and audit event of the
+    pass together; start/stop work is signalled on its commit. Second transaction, right after:
+    why each request still waits, its queue positions and estimated start (derived facts, for the
+    rows still pending; if it fails, the placements stand and the next pass writes them)."""
+    postgres = connection.vendor == "postgresql"
+    started = time.perf_counter()
+    with _pass_lock(postgres) as taken:
+        if not taken:
+            return PassResult(skipped=True)
+        committed_at: list[float] = []
+        with _gc_paused():
+            with transaction.atomic():
+                # Registered first, so it runs right after COMMIT, before the signals' receivers.
+                transaction.on_commit(lambda: committed_at.append(time.perf_counter()))
+                now = now or timezone.now()
+                result = PassResult()
+                # The audit chain's lock is taken last, by the single audit write at the end of the pass:
+                # taken earlier, it would be held while waiting for a row another service has locked
+                # while that service waits for the chain (a deadlock).
+                events: list[PendingEvent] = []
+                result.released = _release_preempted(now, events)
+                _usage_account(now)
+                from scheduler.snapshot import snapshot_build
+
+                t0 = time.perf_counter()
+                result.steps_ms["before snapshot"] = (t0 - started) * 1000  # lock, preemptions due, usage
+                snap = snapshot_build(now=now)
+                t1 = time.perf_counter()
+                decision = engine.decide(snap.engine)
+                t2 = time.perf_counter()
+                _pass_write(decision, snap, result, events)
+                written = time.perf_counter()
+            done = committed_at[0] if committed_at else time.perf_counter()
+            result.steps_ms["commit"] = (done - written) * 1000
+            result.snapshot_ms = (t1 - t0) * 1000
+            result.decide_ms = (t2 - t1) * 1000
+            result.write_ms = (done - t2) * 1000  # writes and commit
+            result.total_ms = (done - started) * 1000
+            try:
+                with transaction.atomic():
+                    changed = _waiting_changes(decision)
+                    result.waiting_rewritten = len(changed)
+                    _write_waiting(changed)
+            except Exception:  # the placements are committed: log, and let the next pass write the facts
+                log.exception("schedule pass: writing the queue facts failed; the next pass rewrites them")
+            result.facts_ms = (time.perf_counter() - done) * 1000
+    if result.placed or result.preempting or result.released:
+        log.info("schedule pass: %s", result.summary())
+    return result
 
 
 def _release_preempted(now: datetime.datetime, events: list[PendingEvent]) -> list[int]:
@@ -413,9 +443,11 @@ def _dt(value: float | None) -> datetime.datetime | None:
 
 
 def _pass_write(decision: engine.Decision, snap, result: PassResult, events: list[PendingEvent] | None = None) -> None:
-    """Write the decision; the audit events (the chain's lock) go last, see schedule_pass_run."""
+    """Write the decision's allocations, preemption marks and audit events (the chain's lock goes
+    last, see schedule_pass_run). The queue facts of waiting requests are not written here."""
     events = [] if events is None else events
     clock = [time.perf_counter()]
+    postgres = connection.vendor == "postgresql"
 
     def step(name: str) -> None:
         t = time.perf_counter()
@@ -423,69 +455,74 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
         clock[0] = t
 
     now = snap.now
-    # A request cancelled since the snapshot must not be placed: only rows still pending become
-    # placed (the UPDATE locks them), and only those get allocations. The waiting rows' new facts
-    # are compared meanwhile (on PostgreSQL while the server runs that UPDATE: see _mark_placed).
-    compared: list[list[tuple]] = []
-
-    def compare() -> None:
-        compared.append(_waiting_changes(decision, snap))
-        step("compare")
-
-    still_pending = _mark_placed([p.request_id for p in decision.placements], now, meanwhile=compare)
-    step("placed")  # on PostgreSQL: what was left of the UPDATE once the comparison was done
-    if not compared:
-        compare()
-    changed = compared[0]
-    placements = [p for p in decision.placements if p.request_id in still_pending]
-    rows = []
     node_names = {n.id: n.name for n in snap.engine.nodes}
-    for p in placements:
-        end = _dt(p.planned_end)
-        for key, node_id in zip(p.keys, p.node_ids):
-            rows.append((p.request_id, p.team_id, node_id, key if key > 0 else None, -key if key < 0 else None,
-                         p.borrowed, p.preemptible, now, end))
-        events.append(PendingEvent(action="allocation.place", target_type="scheduler.allocationrequest",
-                                   target_id=p.request_id, team_id=p.team_id, changes={
-                                       "state": ["pending", "placed"], "devices": len(p.keys),
-                                       "nodes": sorted({node_names[n] for n in p.node_ids}), "borrowed": p.borrowed,
-                                       "preemptible": p.preemptible, "planned_end": end}))
-    step("build")
-    _insert_allocations(rows)
-    step("allocations")
-
     victims = {}
     for v in decision.preemptions:
         victims.setdefault(v.request_id, v)
-    if victims:
-        preempt_at = now + datetime.timedelta(seconds=snap.engine.grace_s)
-        Allocation.objects.filter(request_id__in=list(victims), released_at__isnull=True, preempt_at__isnull=True).update(preempt_at=preempt_at)
-        for v in victims.values():
-            events.append(PendingEvent(action="allocation.preempt", target_type="scheduler.allocationrequest",
-                                       target_id=v.request_id, team_id=v.team_id,
-                                       changes={"preempt_at": preempt_at, "for_request": v.for_request_id}))
-            result.preempting.append((v.request_id, preempt_at))
+    preempt_at = now + datetime.timedelta(seconds=snap.engine.grace_s)
+    built: dict = {}
 
-    result.waiting_rewritten = len(changed)
-    _write_waiting(changed)
-    step("waiting")
-    audit_record_many(events, returning=False)
+    def build(placements: list[engine.Placement]) -> None:
+        """Allocation rows and every audit event of the pass, prepared for the chain (the costly
+        encoding) on PostgreSQL."""
+        rows = []
+        pass_events = list(events)
+        for p in placements:
+            end = _dt(p.planned_end)
+            for key, node_id in zip(p.keys, p.node_ids):
+                rows.append((p.request_id, p.team_id, node_id, key if key > 0 else None, -key if key < 0 else None,
+                             p.borrowed, p.preemptible, now, end))
+            pass_events.append(PendingEvent(action="allocation.place", target_type="scheduler.allocationrequest",
+                                            target_id=p.request_id, team_id=p.team_id, changes={
+                                                "state": ["pending", "placed"], "devices": len(p.keys),
+                                                "nodes": sorted({node_names[n] for n in p.node_ids}), "borrowed": p.borrowed,
+                                                "preemptible": p.preemptible, "planned_end": end}))
+        for v in victims.values():
+            pass_events.append(PendingEvent(action="allocation.preempt", target_type="scheduler.allocationrequest",
+                                            target_id=v.request_id, team_id=v.team_id,
+                                            changes={"preempt_at": preempt_at, "for_request": v.for_request_id}))
+        built.update(placements=placements, rows=rows, events=pass_events,
+                     prepared=audit_prepare(pass_events) if postgres and len(pass_events) > 1 else None)
+        step("build")
+
+    # A request cancelled since the snapshot must not be placed: only rows still pending become
+    # placed (the UPDATE locks them), and only those get allocations. The rows and events are built
+    # meanwhile (on PostgreSQL while the server runs that UPDATE: see _mark_placed), the events
+    # encoded for the audit chain too (the costly part of appending them; they carry no actor, so
+    # that needs no query while the UPDATE is in flight).
+    still_pending = _mark_placed([p.request_id for p in decision.placements], now,
+                                 meanwhile=lambda: build(decision.placements))
+    step("placed")  # on PostgreSQL: what was left of the UPDATE once the build was done
+    if not built or len(still_pending) != len(built["placements"]):
+        build([p for p in decision.placements if p.request_id in still_pending])  # rare: some were cancelled
+    _insert_allocations(built["rows"])
+    step("allocations")
+
+    if victims:
+        Allocation.objects.filter(request_id__in=list(victims), released_at__isnull=True, preempt_at__isnull=True).update(preempt_at=preempt_at)
+        result.preempting = [(v.request_id, preempt_at) for v in victims.values()]
+    if built["prepared"] is not None:
+        audit_record_prepared(built["prepared"], returning=False)
+    else:
+        audit_record_many(built["events"], returning=False)
     step("audit")
 
-    result.placed = [p.request_id for p in placements]
-    result.devices_placed = len(rows)
+    result.placed = [p.request_id for p in built["placements"]]
+    result.devices_placed = len(built["rows"])
     result.waiting = len(decision.waiting)
-    for request_id in result.placed:
-        _send_on_commit(signals.allocation_placed, request_id=request_id)
+    if result.placed:
+        _send_on_commit(signals.allocation_placed, request_ids=list(result.placed))
     for request_id, at in result.preempting:
         _send_on_commit(signals.allocation_preempting, request_id=request_id, preempt_at=at)
 
 
-def _waiting_changes(decision: engine.Decision, snap) -> list[tuple]:
+def _waiting_changes(decision: engine.Decision) -> list[tuple]:
     """The waiting requests whose shown facts change (tuples for _write_waiting)."""
+    from scheduler.snapshot import queue_facts_shown
+
     changed = []
-    texts: dict[tuple, str] = {}  # most waiting rows share a handful of reason lists: encode each once
-    shown = snap.shown
+    texts: dict[tuple, str] = {}  # identical reason lists (common in a warm queue) are encoded once
+    shown = queue_facts_shown()
     for request_id, w in decision.waiting.items():
         key = tuple(w.reasons)
         reasons = texts.get(key)
@@ -568,6 +605,9 @@ def _write_waiting(changed: list[tuple]) -> None:
                 copy.set_types(("int8", "text", "int4", "int4", "float8"))
                 for row in changed:
                     copy.write_row(row)
+            # A temporary table has no statistics until analysed: without them the planner may
+            # join it by a nested loop over the request table (seconds instead of milliseconds).
+            cursor.execute("ANALYZE scheduler_waiting_facts")
             cursor.execute(
                 f"UPDATE {table} AS r SET pending_reasons = v.reasons::jsonb, queue_position_team = v.pt, "
                 f"queue_position_global = v.pg, estimated_start = to_timestamp(v.eta) "

@@ -4,7 +4,8 @@ The scheduler knows nothing of workspaces (the dependency points workspaces -> s
 them what happened through these signals, always sent after the pass's transaction committed, so a
 receiver sees the rows it is told about.
 
-- allocation_placed(request_id): a pending request got all its devices.
+- allocation_placed(request_ids): pending requests got all their devices (one signal per pass, with
+  every request it placed: a large pass places thousands).
 - allocation_preempting(request_id, preempt_at): the request's allocations were chosen as preemption
   victims; they will be released by a pass at `preempt_at` (grace period: warn the user, stop cleanly).
 - allocation_released(request_id, reason): the request's live allocations were released (stopped,

@@ -6,10 +6,10 @@ from scheduler.signals import allocation_placed, allocation_preempting, allocati
 
 
 @receiver(allocation_placed, dispatch_uid="workspaces.allocation_placed")
-def _on_placed(sender, request_id, **kwargs):
-    from workspaces.services import workspace_mark_scheduled
+def _on_placed(sender, request_ids, **kwargs):
+    from workspaces.services import workspaces_mark_scheduled
 
-    workspace_mark_scheduled(request_id=request_id)
+    workspaces_mark_scheduled(request_ids=request_ids)
 
 
 @receiver(allocation_released, dispatch_uid="workspaces.allocation_released")

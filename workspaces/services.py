@@ -155,6 +155,21 @@ def workspace_mark_scheduled(*, request_id: int) -> Workspace | None:
     return workspace
 
 
+def workspaces_mark_scheduled(*, request_ids: list[int]) -> int:
+    """A pass placed these requests: mark the pending workspaces among them scheduled (each in its
+    own transaction, see workspace_mark_scheduled). One query finds them: most of a large pass's
+    requests may come from the API, without a workspace. Returns how many were marked."""
+    marked = 0
+    for i in range(0, len(request_ids), 5000):
+        chunk = request_ids[i:i + 5000]
+        pending = Workspace.objects.filter(allocation_request_id__in=chunk, state=S.PENDING).order_by(
+            "allocation_request_id").values_list("allocation_request_id", flat=True)
+        for request_id in list(pending):
+            workspace = workspace_mark_scheduled(request_id=request_id)
+            marked += workspace is not None and workspace.state == S.SCHEDULED
+    return marked
+
+
 def workspace_mark_starting(*, workspace: Workspace, launcher: str, token: str) -> bool:
     """Scheduled only: the node's task begins launching. False when it was cancelled meanwhile."""
     with transaction.atomic():

@@ -55,3 +55,42 @@ def test_a_bulk_append_stores_every_event_and_the_chain_verifies(team, owner, re
             (r.pk, r.hash, r.prev_hash, r.changes) for r in stored[1:]]
     report = audit_chain_verify()
     assert report.ok and report.checked == 42
+
+
+def test_events_prepared_before_another_append_link_to_the_chain_head_at_write_time(team, owner):
+    from django.db import connection
+
+    from governance.audit import audit_prepare, audit_record_prepared
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the prepared bulk path is PostgreSQL's")
+    prepared = audit_prepare(_events(team, owner))
+    between = audit_record(action="team.update", actor=owner, target=team, team=team, changes={"name": ["a", "b"]})
+    audit_record_prepared(prepared, returning=False)
+    stored = list(AuditEvent.objects.order_by("id"))
+    assert stored[0].pk == between.pk and stored[1].prev_hash == between.hash
+    assert all(e.created_at >= between.created_at for e in stored[1:]), "time is taken under the chain's lock"
+    report = audit_chain_verify()
+    assert report.ok and report.checked == 42
+
+
+def test_prepared_canonical_text_is_canonical_json_of_the_chain_payload(team, owner):
+    # audit_prepare writes each event's canonical JSON piece by piece around the time and the
+    # previous hash; put together it must be exactly what canonical_json gives for the payload
+    # audit_chain_verify rebuilds from the stored row (here on SQLite too: no database needed).
+    from governance.audit import audit_prepare, canonical_json
+
+    meta = context.set_meta(context.RequestMeta(request_id='req "9" ✓', source_ip="10.1.2.3"))
+    try:
+        prepared = audit_prepare(_events(team, owner))
+    finally:
+        context.reset(meta)
+    created_at, prev = "2026-05-04T03:02:01.123456+00:00", "ab" * 32
+    assert len(prepared.parts) == 41
+    for (before, middle, after), value, changes in zip(prepared.parts, prepared.values, prepared.changes):
+        actor_id, label, token_id, action, target_type, target_id, team_id, outcome, _text = value
+        payload = {"created_at": created_at, "actor_id": actor_id, "actor_label": label, "token_id": token_id,
+                   "action": action, "target_type": target_type, "target_id": target_id, "team_id": team_id,
+                   "source_ip": "10.1.2.3", "request_id": 'req "9" ✓', "outcome": outcome, "changes": changes,
+                   "prev_hash": prev}
+        assert f"{before}{created_at}{middle}{prev}{after}" == canonical_json(payload)

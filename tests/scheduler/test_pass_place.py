@@ -19,7 +19,7 @@ def test_request_within_quota_is_placed_on_commit_and_signalled(team, member):
     demo_fleet()
     grant(team, "H100", 8)
     placed = []
-    signals.allocation_placed.connect(lambda sender, request_id, **kw: placed.append(request_id), weak=False, dispatch_uid="t1")
+    signals.allocation_placed.connect(lambda sender, request_ids, **kw: placed.extend(request_ids), weak=False, dispatch_uid="t1")
     try:
         req = allocation_request_create(team=team, user=member, flavor="H100", count=4)
     finally:

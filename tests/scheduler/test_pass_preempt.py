@@ -23,7 +23,7 @@ def listen():
     handlers = {
         "preempting": lambda sender, request_id, preempt_at, **kw: got["preempting"].append((request_id, preempt_at)),
         "released": lambda sender, request_id, reason, **kw: got["released"].append((request_id, reason)),
-        "placed": lambda sender, request_id, **kw: got["placed"].append(request_id),
+        "placed": lambda sender, request_ids, **kw: got["placed"].extend(request_ids),
     }
     signals.allocation_preempting.connect(handlers["preempting"], weak=False, dispatch_uid="tp-pre")
     signals.allocation_released.connect(handlers["released"], weak=False, dispatch_uid="tp-rel")
