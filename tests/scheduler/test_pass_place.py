@@ -1,5 +1,6 @@
-"""A scheduling pass places requests best-fit, writes allocations and queue facts in one
-transaction, audits each placement, and signals the workspaces app after commit."""
+"""A scheduling pass places requests best-fit, writes allocations, preemption marks and audit events
+in one transaction and the waiting requests' queue facts in a second, audits each placement, and
+signals the workspaces app after commit."""
 
 import pytest
 from django.core.exceptions import PermissionDenied
@@ -172,3 +173,65 @@ def test_extend_moves_the_planned_end_and_is_audited(team, member):
 
     with pytest.raises(Conflict):
         allocation_request_extend(request=req, max_duration_s=9000, actor=member)
+
+
+def test_queue_facts_follow_in_their_own_transaction_and_a_failure_there_keeps_the_placements(team, member, monkeypatch, caplog):
+    from scheduler import services
+
+    small_fleet(nodes=1, gpus=4)
+    grant(team, "H100", 4)
+    placed = AllocationRequest.objects.create(team=team, user=member, flavor="H100", count=4)
+    waiting = AllocationRequest.objects.create(team=team, user=member, flavor="H100", count=2)
+
+    def broken(changed):
+        raise RuntimeError("facts table unavailable")
+
+    monkeypatch.setattr(services, "_write_waiting", broken)
+    result = schedule_pass_run()
+    assert result.placed == [placed.pk] and result.devices_placed == 4
+    assert Allocation.objects.filter(request=placed, released_at__isnull=True).count() == 4
+    waiting.refresh_from_db()
+    assert waiting.state == "pending" and waiting.pending_reasons == [], "the facts were not written"
+    assert "writing the queue facts failed" in caplog.text
+    assert audit_chain_verify().ok
+
+    monkeypatch.undo()
+    again = schedule_pass_run()
+    assert not again.skipped and again.waiting_rewritten == 1
+    waiting.refresh_from_db()
+    assert waiting.pending_reasons[0]["code"] == "waiting_for_quota" and waiting.queue_position_global == 1
+
+
+def test_a_failed_pass_changes_nothing_and_does_not_keep_the_pass_lock(team, member, monkeypatch):
+    from scheduler import services
+
+    small_fleet(nodes=1, gpus=4)
+    grant(team, "H100", 4)
+    req = AllocationRequest.objects.create(team=team, user=member, flavor="H100", count=1)
+
+    def broken(snapshot):
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr(services.engine, "decide", broken)
+    with pytest.raises(RuntimeError):
+        schedule_pass_run()
+    assert not Allocation.objects.exists()
+    monkeypatch.undo()
+    result = schedule_pass_run()
+    assert not result.skipped, "the lock was released when the pass failed"
+    assert result.placed == [req.pk]
+
+
+def test_a_device_with_allocations_cannot_be_deleted(team, member):
+    from django.db.models import ProtectedError
+
+    from scheduler.models import GpuDevice
+
+    small_fleet(nodes=1, gpus=1)
+    grant(team, "H100", 1)
+    req = allocation_request_create(team=team, user=member, flavor="H100", count=1)
+    gpu = GpuDevice.objects.get()
+    allocation_release(request=req, reason="done")
+    with pytest.raises(ProtectedError):
+        gpu.delete()
+    assert Allocation.objects.filter(gpu=gpu).count() == 1
