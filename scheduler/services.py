@@ -2,7 +2,10 @@
 
 Every function here is keyword-only, runs in one transaction, locks the rows whose state it changes,
 and writes its audit events inside that transaction. Work for other processes (a pass, the
-workspaces app's reactions) is sent only after commit.
+workspaces app's reactions) is sent only after commit. The one exception is the scheduling pass:
+its allocations, preemption marks and audit events commit together, then the waiting requests'
+queue facts (derived, advisory, rewritten by every pass) follow in a second transaction, under the
+same pass lock, so placements reach the nodes without waiting for thousands of fact rows.
 
 Lock order (PostgreSQL): rows first, the audit chain's advisory lock last. The chain lock is held
 to commit, so a transaction that audits and THEN locks a request row can deadlock with a pass that
