@@ -339,9 +339,10 @@ def schedule_pass_run(*, now: datetime.datetime | None = None) -> PassResult:
 
     First transaction: releases allocations whose preemption grace ended, accounts usage for fair
     share, snapshots, decides, and writes every allocation, preemption mark and audit event of the
-    pass together; start/stop work is signalled on its commit. Second transaction, right after:
-    why each request still waits, its queue positions and estimated start (derived facts, for the
-    rows still pending; if it fails, the placements stand and the next pass writes them)."""
+    pass together. Second transaction, right after: why each request still waits, its queue
+    positions and estimated start (derived facts, for the rows still pending; if it fails, the
+    placements stand and the next pass writes them). Then, the lock released, the workspaces app
+    is told what was placed, preempted and released (signals)."""
     postgres = connection.vendor == "postgresql"
     started = time.perf_counter()
     with _pass_lock(postgres) as taken:
@@ -384,9 +385,21 @@ def schedule_pass_run(*, now: datetime.datetime | None = None) -> PassResult:
             except Exception:  # the placements are committed: log, and let the next pass write the facts
                 log.exception("schedule pass: writing the queue facts failed; the next pass rewrites them")
             result.facts_ms = (time.perf_counter() - done) * 1000
+    # What the workspaces app reacts to (start, warn, stop), sent once the pass's writes are
+    # committed and its lock released: right away outside a transaction, else when it commits.
+    transaction.on_commit(lambda: _signal_pass(result))
     if result.placed or result.preempting or result.released:
         log.info("schedule pass: %s", result.summary())
     return result
+
+
+def _signal_pass(result: PassResult) -> None:
+    for request_id in result.released:
+        signals.allocation_released.send(sender=AllocationRequest, request_id=request_id, reason="preempted")
+    if result.placed:
+        signals.allocation_placed.send(sender=AllocationRequest, request_ids=list(result.placed))
+    for request_id, at in result.preempting:
+        signals.allocation_preempting.send(sender=AllocationRequest, request_id=request_id, preempt_at=at)
 
 
 def _release_preempted(now: datetime.datetime, events: list[PendingEvent]) -> list[int]:
@@ -401,8 +414,6 @@ def _release_preempted(now: datetime.datetime, events: list[PendingEvent]) -> li
     events.extend(PendingEvent(action="allocation.release", target_type="scheduler.allocationrequest", target_id=i,
                                team_id=t, changes={"reason": "preempted", "state": [state, AllocationRequest.State.FINISHED]})
                   for i, t, state in rows)
-    for request_id in due:
-        _send_on_commit(signals.allocation_released, request_id=request_id, reason="preempted")
     return due
 
 
@@ -513,10 +524,6 @@ def _pass_write(decision: engine.Decision, snap, result: PassResult, events: lis
     result.placed = [p.request_id for p in built["placements"]]
     result.devices_placed = len(built["rows"])
     result.waiting = len(decision.waiting)
-    if result.placed:
-        _send_on_commit(signals.allocation_placed, request_ids=list(result.placed))
-    for request_id, at in result.preempting:
-        _send_on_commit(signals.allocation_preempting, request_id=request_id, preempt_at=at)
 
 
 def _waiting_changes(decision: engine.Decision) -> list[tuple]:

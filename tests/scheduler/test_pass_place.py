@@ -235,3 +235,30 @@ def test_a_device_with_allocations_cannot_be_deleted(team, member):
     with pytest.raises(ProtectedError):
         gpu.delete()
     assert Allocation.objects.filter(gpu=gpu).count() == 1
+
+
+def test_workspaces_are_told_once_the_queue_facts_are_written_and_the_pass_lock_is_free(team, member):
+    from scheduler.services import _pass_lock
+
+    small_fleet(nodes=1, gpus=4)
+    grant(team, "H100", 4)
+    placed = AllocationRequest.objects.create(team=team, user=member, flavor="H100", count=4)
+    waiting = AllocationRequest.objects.create(team=team, user=member, flavor="H100", count=1)
+    seen = {}
+
+    def receiver(sender, request_ids, **kwargs):
+        seen["placed"] = request_ids
+        seen["facts"] = AllocationRequest.objects.get(pk=waiting.pk).pending_reasons
+        with _pass_lock(connection.vendor == "postgresql") as taken:
+            seen["lock_free"] = taken
+
+    from django.db import connection
+
+    signals.allocation_placed.connect(receiver, weak=False, dispatch_uid="t-order")
+    try:
+        schedule_pass_run()
+    finally:
+        signals.allocation_placed.disconnect(dispatch_uid="t-order")
+    assert seen["placed"] == [placed.pk]
+    assert seen["facts"] and seen["facts"][0]["code"] == "waiting_for_quota"
+    assert seen["lock_free"] is True
