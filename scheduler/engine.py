@@ -448,7 +448,10 @@ class _Pass:
         for r in self.snap.requests:
             by_team.setdefault(r.team_id, []).append((-r.priority, r.created_at, r.id, r))
         within: dict[int, bool] = {}
-        keyed: list[tuple] = []
+        # Requests grouped by everything but their age (a few hundred groups at most), each group
+        # then sorted by (age, id): the same order as one sort on the whole key, a fraction of the
+        # tuple comparisons for a queue of thousands.
+        groups: dict[tuple, list[tuple]] = {}
         used, grants = self.used, self.grants
         for team_id, reqs in by_team.items():
             reqs.sort()  # (priority, age, id): ids are unique, the request itself is never compared
@@ -457,10 +460,17 @@ class _Pass:
             for neg_priority, created_at, request_id, r in reqs:
                 c = cum[r.flavor] = cum.get(r.flavor, 0) + r.count
                 ok = within[request_id] = used.get((team_id, r.flavor), 0) + c <= grants.get((team_id, r.flavor), 0)
-                keyed.append((0, neg_priority, share, created_at, request_id, r) if ok
-                             else (1, share, neg_priority, created_at, request_id, r))
-        keyed.sort()
-        return [k[-1] for k in keyed], within
+                key = (0, neg_priority, share) if ok else (1, share, neg_priority)
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = []
+                group.append((created_at, request_id, r))
+        order: list[RequestIn] = []
+        for key in sorted(groups):
+            group = groups[key]
+            group.sort()
+            order.extend([item[2] for item in group])
+        return order, within
 
     # -- placement --
 
