@@ -15,13 +15,16 @@ What it does, in order:
    one where an NVLink group holds the whole set; one node when required.
 3. The first request of each flavor that cannot start gets a shadow reservation: the devices (and
    the time) it will get from the planned ends of live allocations. Later requests are backfilled
-   onto those devices only if they end before that time, so backfill never delays it.
+   onto those devices only if they end before that time, so backfill never delays it. Requests
+   ahead of it keep off the node it waits for whenever another node fits them (draining for a
+   large request: else small work placed ahead of it every pass refills that node for days).
 4. A within-quota request that cannot be placed may preempt: first borrowed allocations (teams
    beyond their grants), then preemptible allocations of lower priority; never a non-preemptible
    within-quota one, never one younger than the minimum runtime. A borrowing request may reclaim
    (Run:ai/KAI's reclaim) only borrowed allocations of no higher priority whose team would still
-   stand above the borrower in fair share after the move (no ping-pong); `fair_reclaim=False` turns
-   that off. The fewest victims that free a fitting set on one node are chosen; they get
+   stand above the borrower in fair share after the move (no ping-pong); when the borrowable pool
+   is used up, victims on any node may hand back the borrowed devices it needs; `fair_reclaim=False`
+   turns that off. The fewest victims that free a fitting set on one node are chosen; they get
    `preempt_at = now + grace` and are released by a later pass.
 5. Advance reservations hold chosen devices for a team during a window: others may use them only
    with work that ends before the window starts.
@@ -147,6 +150,7 @@ class Snapshot:
     hold_weight_s: float = 3600.0  # what holding one device now weighs in fair share, in GPU-seconds
     preemption_searches: int = 64  # bound on preemption searches per pass
     backfill_depth: int = 1  # blocked requests per flavor that get a shadow reservation (backfill protects them)
+    drain_for_large: bool = True  # keep small work off a node draining for the first large request that cannot fit
     fair_reclaim: bool = True  # a borrowing request may reclaim borrowed GPUs of teams further above their share
 
 
@@ -474,7 +478,16 @@ class _Pass:
 
     # -- placement --
 
-    def _find(self, r: RequestIn, end: float) -> list[tuple[int, list[int]]] | None:
+    def _find(self, r: RequestIn, end: float, avoid: set[int] | None = None) -> list[tuple[int, list[int]]] | None:
+        """Where `r` fits now, best fit; None if nowhere. Nodes in `avoid` (being drained for a large
+        request further back in the queue) are used only when no other node fits."""
+        if avoid:
+            found = self._find_in(r, end, avoid)
+            if found is not None:
+                return found
+        return self._find_in(r, end, None)
+
+    def _find_in(self, r: RequestIn, end: float, avoid: set[int] | None) -> list[tuple[int, list[int]]] | None:
         flavor, n = r.flavor, r.count
         bucket = self.buckets.get(flavor)
         if not bucket or self.free_total.get(flavor, 0) < n:
@@ -492,6 +505,8 @@ class _Pass:
                 fallback = None
                 scanned = 0
                 for node_id in bucket[c]:
+                    if avoid and node_id in avoid:
+                        continue
                     keys = self._usable(node_id, flavor, r.team_id, end)
                     if len(keys) < n:
                         continue
@@ -511,6 +526,8 @@ class _Pass:
         need = n
         for c in range(maxc, 0, -1):
             for node_id in bucket[c]:
+                if avoid and node_id in avoid:
+                    continue
                 keys = self._usable(node_id, flavor, r.team_id, end)
                 if not keys:
                     continue
@@ -570,6 +587,51 @@ class _Pass:
                     need -= 1
                 if need == 0:
                     break
+
+    # -- draining for large requests --
+
+    def _plan_drains(self, order: list[RequestIn], within: dict[int, bool]) -> dict[str, tuple[int, set[int]]]:
+        """Per flavor, the first request in queue order that needs more devices on one node than any
+        node has free now (and that quota lets run): the node where that many free up earliest is
+        kept out of reach of the requests ahead of it whenever another node fits them, so it drains.
+        Without this, small work placed ahead of a large request every pass (within-quota sessions
+        above all) refills the node its backfill shadow points at, and it can wait for days.
+        Returns flavor -> (the request's position in the queue, {node})."""
+        plans: dict[str, tuple[int, set[int]]] = {}
+        seen: set[str] = set()
+        for position, r in enumerate(order):
+            flavor = r.flavor
+            if flavor in seen:
+                continue
+            if not r.same_node or r.count > self.max_per_node.get(flavor, 0) or r.count <= self._top_free(flavor):
+                continue
+            seen.add(flavor)
+            if not within.get(r.id, False) and self._quota_block(r) is not None:
+                continue
+            node_id = self._earliest_node(r)
+            if node_id is not None:
+                plans[flavor] = (position, {node_id})
+        return plans
+
+    def _earliest_node(self, r: RequestIn) -> int | None:
+        """The ready node where `r.count` devices of its flavor are free earliest (live ones by their
+        release times), not counting devices held for another team's reservation."""
+        per_node: dict[int, list[float]] = {}
+        for d in self.devices.values():
+            if d.flavor != r.flavor or self.node_state.get(d.node_id) != READY:
+                continue
+            held = self.hold.get(d.key)
+            if held is not None and held[0] != r.team_id:
+                continue
+            per_node.setdefault(d.node_id, []).append(self.release_at.get(d.key, self.now))
+        best = None
+        for node_id, times in per_node.items():
+            if len(times) >= r.count:
+                times.sort()
+                start = times[r.count - 1]
+                if start < INF and (best is None or (start, node_id) < best):
+                    best = (start, node_id)
+        return best[1] if best else None
 
     # -- backfill shadow --
 
@@ -637,12 +699,12 @@ class _Pass:
         # A search that found nothing for this team, flavor and priority finds nothing for a larger
         # request either (victims only get fewer during a pass): skip it.
         miss_key = (r.team_id, r.flavor, r.priority, reclaim, pool)
-        min_victims = 0  # devices the victims must hold at least
+        min_victims = 0
         if reclaim:
             reclaimer_after = self._share(r.team_id, r.count)
         if pool:
             limited, _unlimited = self._pool(r.flavor)
-            min_victims = r.count - max(0, limited - self.borrowed_flavor.get(r.flavor, 0))
+            min_victims = r.count - max(0, limited - self.borrowed_flavor.get(r.flavor, 0))  # borrowed devices to hand back
         if r.count >= self._preempt_miss.get(miss_key, INF):
             return None
         self.searches_left -= 1
@@ -659,30 +721,47 @@ class _Pass:
                 held = self.hold.get(key)
                 if held is None or held[0] == r.team_id or end <= held[1]:
                     soon_by_node.setdefault(a.node_id, []).append(key)
+        def victim_class(a: AllocIn, devs: int) -> int | None:
+            if a.request_id in self.victims or a.team_id == r.team_id or self.now - a.started_at < self.snap.min_runtime_s:
+                return None
+            if reclaim:
+                if not a.borrowed or a.priority > r.priority or self._share(a.team_id, -devs) <= reclaimer_after:
+                    return None
+                return 0
+            if a.borrowed:
+                return 0
+            if a.preemptible and a.priority < r.priority:
+                return 1
+            return None
+
+        # With the pool used up, victims anywhere may hand back the borrowed devices `r` needs to
+        # borrow (their GPUs need not be the ones it gets): the eligible borrowed ones, largest first.
+        pool_options: list[tuple] = []
+        if min_victims > 0:
+            for node_victims in index.values():
+                for req_id, devs in node_victims.items():
+                    a = by_request[req_id][0]
+                    if a.borrowed and victim_class(a, devs) == 0:
+                        pool_options.append((-devs, -a.started_at, req_id, devs))
+            pool_options.sort()
+            if sum(o[3] for o in pool_options) < min_victims:
+                self._preempt_miss[miss_key] = min(r.count, self._preempt_miss.get(miss_key, INF))
+                return None
         best = None
-        candidates = sorted(set(index) | set(soon_by_node))
-        for node_id in candidates:
+        candidates = set(index) | set(soon_by_node)
+        if min_victims > 0:
+            candidates |= {n for n, per in self.free.items() if per.get(r.flavor)}
+        for node_id in sorted(candidates):
             free = self._usable(node_id, r.flavor, r.team_id, end) if node_id in self.free and r.flavor in self.free[node_id] else []
             soon = soon_by_node.get(node_id, [])
-            need = max(r.count - len(free) - len(soon), min_victims)
+            need = r.count - len(free) - len(soon)
             picked: list[tuple[int, int, int]] = []  # (class, request id, devices)
             if need > 0:
                 options = []
                 for req_id, devs in index.get(node_id, {}).items():
-                    if req_id in self.victims:
-                        continue
                     a = by_request[req_id][0]
-                    if a.team_id == r.team_id or self.now - a.started_at < self.snap.min_runtime_s:
-                        continue
-                    if reclaim:
-                        if not a.borrowed or a.priority > r.priority or self._share(a.team_id, -devs) <= reclaimer_after:
-                            continue
-                        cls = 0
-                    elif a.borrowed:
-                        cls = 0
-                    elif a.preemptible and a.priority < r.priority:
-                        cls = 1
-                    else:
+                    cls = victim_class(a, devs)
+                    if cls is None:
                         continue
                     held_keys = [x.key for x in by_request[req_id] if x.node_id == node_id and x.flavor == r.flavor]
                     if any(not self._allowed_for_preemptor(k, r, end) for k in held_keys):
@@ -700,6 +779,18 @@ class _Pass:
                     if got >= need:
                         break
                 else:
+                    continue
+            handed_back = sum(p[2] for p in picked if by_request[p[1]][0].borrowed)
+            if handed_back < min_victims:
+                chosen_ids = {p[1] for p in picked}
+                for _neg, _age, req_id, devs in pool_options:
+                    if req_id in chosen_ids:
+                        continue
+                    picked.append((0, req_id, devs))
+                    handed_back += devs
+                    if handed_back >= min_victims:
+                        break
+                if handed_back < min_victims:
                     continue
             cost = (max((p[0] for p in picked), default=-1), len(picked), sum(p[2] for p in picked) - max(need, 0), node_id)
             if best is None or cost < best[0]:
@@ -827,14 +918,15 @@ class _Pass:
     def run(self) -> Decision:
         self._initial_release = dict(self.release_at)
         self._hold_reservations()
-        order, _within = self._order()
+        order, within_at_start = self._order()
+        drains = self._plan_drains(order, within_at_start) if self.snap.drain_for_large else {}
         placements: list[Placement] = []
         preemptions: list[Preemption] = []
         waiting: dict[int, Waiting] = {}
         blocked_ahead: dict[str, int] = {}
         blocked: list[tuple[RequestIn, float, int]] = []
         now = self.now
-        for r in order:
+        for position, r in enumerate(order):
             end = now + r.max_duration_s
             within = self.used.get((r.team_id, r.flavor), 0) + r.count <= self.grants.get((r.team_id, r.flavor), 0)
             if not within:
@@ -851,7 +943,8 @@ class _Pass:
                     else:
                         waiting[r.id] = self._preempting(r, chosen, within, preemptions)
                     continue
-            found = self._find(r, end)
+            drain = drains.get(r.flavor)
+            found = self._find(r, end, drain[1] if drain is not None and position < drain[0] else None)
             if found is not None:
                 placements.append(self._commit(r, found, borrowed=not within, end=end))
                 self._eta_fluid(r)

@@ -331,3 +331,64 @@ def test_a_team_uses_its_active_reservation_first():
     d = f.decide()
     keys = placed(d)[r]
     assert keys[0] in reserved_node, "the reservation's own devices, not the best-fit single free GPU elsewhere"
+
+
+def test_small_work_ahead_keeps_off_the_node_draining_for_a_large_request():
+    def fleet(drain=True):
+        f = Fleet()
+        a = f.node(4)
+        b = f.node(4)
+        f.hold(a[1:], 9, ends_in_s=3600)  # node a: 1 free, the rest free in an hour
+        f.hold(b[2:], 9, ends_in_s=5 * 3600)  # node b: 2 free, the rest in five hours
+        f.team(1, H100=1)
+        f.team(2, H100=1, borrow_limit=4)
+        f.team(9, H100=8)
+        f.options["drain_for_large"] = drain
+        small = f.want(1, 1, age_s=10)  # within quota: ahead of the borrowing request
+        large = f.want(2, 4, age_s=1000)
+        return f, a, b, small, large
+
+    f, a, b, small, large = fleet(drain=False)
+    assert placed(f.decide())[small] == [a[0]], "best fit alone fills the node that frees first"
+    f, a, b, small, large = fleet()
+    d = f.decide()
+    assert placed(d)[small][0] in b, "node a drains for the 4-GPU request"
+    assert large not in placed(d) and d.waiting[large].estimated_start == NOW + 3600
+
+
+def test_a_node_draining_for_a_large_request_is_still_used_when_nothing_else_fits():
+    f = Fleet()
+    a = f.node(4)
+    b = f.node(4)
+    f.hold(a[1:], 9, ends_in_s=3600)
+    f.hold(b, 9, ends_in_s=5 * 3600)  # node b full
+    f.team(1, H100=1)
+    f.team(2, H100=1, borrow_limit=4)
+    f.team(9, H100=8)
+    small = f.want(1, 1, age_s=10)
+    f.want(2, 4, age_s=1000)
+    assert placed(f.decide())[small] == [a[0]], "a within-quota request is never kept waiting by a drain"
+
+
+def test_reclaim_with_the_pool_used_up_takes_borrowed_gpus_from_any_node():
+    # Team 3 lends at most 4 of its idle GPUs, and the heavy team 2 borrows all 4 (half of nodes b
+    # and c, whose other halves team 3 uses). Node a is free, but the light team 1 may borrow
+    # nothing until 4 borrowed GPUs come back: reclaiming them from other nodes is enough.
+    f = Fleet()
+    a = f.node(4)
+    b = f.node(4)
+    c = f.node(4)
+    f.team(3, H100=12, lending_limit=4)
+    f.team(2, borrow_limit=8, usage=500 * 3600.0)
+    f.team(1, borrow_limit=4)
+    f.hold(b[2:] + c[2:], 3, priority=50)
+    on_b = f.hold(b[:2], 2, borrowed=True, priority=50)
+    on_c = f.hold(c[:2], 2, borrowed=True, priority=50)
+    r = f.want(1, 4, priority=50)
+    d = f.decide()
+    assert sorted(p.request_id for p in d.preemptions) == sorted([on_b, on_c])
+    assert codes(d, r) == ["preemption_in_progress"]
+    assert all(d.kept_for.get(k) == r for k in a), "node a is kept for it meanwhile"
+
+    f.options["fair_reclaim"] = False
+    assert f.decide().preemptions == []
