@@ -180,8 +180,9 @@ class Job:
 
 def make_trace(*, teams: int, capacity: dict[str, int], days: float, load: float, seed: int):
     """Jobs for `days` days: interactive sessions (1-2 GPUs, minutes to hours, daytime peaks) and batch
-    jobs (1-8 GPUs, hours), offered at about `load` x capacity per flavor. Teams have weights 1-4
-    (their grants); some demand more than their weight, some less."""
+    jobs (1-8 GPUs, hours), offered at about `load` x capacity per flavor. Teams have fair-share
+    weights 1-4 (each flavor is granted in proportion to them, rounded); some demand more than
+    their weight, some less."""
     rng = random.Random(seed)
     horizon = days * 86400
     weights = [rng.choice([1, 1, 2, 2, 3, 4]) for _ in range(teams)]
@@ -339,7 +340,8 @@ def simulate(policy: str, jobs: list[Job], weights: list[int], nodes, devices, h
             release(job_id, now, finished=False)
         started = time.perf_counter()
         if policy == "engine":
-            placements, victims = _engine_step(now, pending, running, nodes, devices, grants, teams_usage, capacity, grace_s, min_runtime_s)
+            placements, victims = _engine_step(now, pending, running, nodes, devices, grants, teams_usage, capacity, grace_s,
+                                               min_runtime_s, team_weight)
         else:
             placements, victims = _fifo_step(pending, free_keys, dev_by_key, nodes), []
         decide_s += time.perf_counter() - started
@@ -405,7 +407,9 @@ def _waterfill(total: float, demand: dict[int, float], weight: dict[int, float])
     return fair
 
 
-def _engine_step(now, pending, running, nodes, devices, grants, usage, capacity, grace_s, min_runtime_s):
+def _engine_step(now, pending, running, nodes, devices, grants, usage, capacity, grace_s, min_runtime_s, weights):
+    """One pass of the engine. Teams carry their fair-share weights (the grants are those weights'
+    rounded split of each flavor: a weight-1 team of 50 gets 0 or 1 of 64 A100s)."""
     allocations = []
     aid = 0
     for job, keys, node_ids, borrowed, preemptible, preempt_at in running.values():
@@ -418,7 +422,7 @@ def _engine_step(now, pending, running, nodes, devices, grants, usage, capacity,
                             preemptible=j.preemptible, max_duration_s=int(max(60, j.max_duration - j.done)), created_at=j.arrival)
                 for j in pending.values()]
     cap_total = sum(capacity.values())
-    teams = [E.TeamIn(id=t, borrow_limit=cap_total, usage=u) for t, u in usage.items()]
+    teams = [E.TeamIn(id=t, borrow_limit=cap_total, usage=u, weight=weights.get(t) if weights else None) for t, u in usage.items()]
     snap = E.Snapshot(now=now, nodes=nodes, devices=devices, allocations=allocations, requests=requests, teams=teams,
                       grants=grants, grace_s=grace_s, min_runtime_s=min_runtime_s)
     d = E.decide(snap)

@@ -62,7 +62,7 @@ class MembershipAdmin(ReadOnlyAdmin):
 
 @admin.register(TeamPolicy)
 class TeamPolicyAdmin(ReadOnlyAdmin):
-    list_display = ("team", "max_gpus_per_workspace", "borrow_limit", "lending_limit")
+    list_display = ("team", "max_gpus_per_workspace", "borrow_limit", "lending_limit", "fair_share_weight")
     list_select_related = ("team",)
 
 

@@ -79,6 +79,10 @@ class TeamPolicy(models.Model):
     idle_warning_minutes = models.PositiveIntegerField(default=15)
     borrow_limit = models.PositiveIntegerField(default=0, help_text="GPUs the team may borrow beyond its grants.")
     lending_limit = models.PositiveIntegerField(null=True, blank=True, help_text="GPUs of idle quota others may borrow; empty: no limit.")
+    fair_share_weight = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="The team's weight in fair share (as Slurm's shares or Kueue's fair-sharing weight); "
+                  "empty: the GPUs granted to it now.")
     cpu_limit = models.FloatField(default=8.0)
     memory_limit_gb = models.PositiveIntegerField(default=64)
 

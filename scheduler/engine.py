@@ -133,6 +133,7 @@ class TeamIn:
     borrow_limit: int = 0
     lending_limit: int | None = None
     usage: float = 0.0  # decayed GPU-seconds (fair share input)
+    weight: float | None = None  # fair-share weight; None: the GPUs granted to the team now
 
 
 @dataclass
@@ -439,11 +440,16 @@ class _Pass:
 
     def _share(self, team_id: int, devices: int = 0) -> float:
         """The team's fair-share standing (lower goes first): decayed GPU-seconds used plus what it
-        holds now (and `devices` more, or fewer), per granted GPU."""
+        holds now (and `devices` more, or fewer), per unit of weight (its fair-share weight if set,
+        else per granted GPU)."""
         weight = self.weights.get(team_id)
-        if weight is None:
-            weight = self.weights[team_id] = max(1, sum(v for (t, _f), v in self.grants.items() if t == team_id))
         team = self.teams.get(team_id)
+        if weight is None:
+            if team is not None and team.weight is not None and team.weight > 0:
+                weight = team.weight
+            else:
+                weight = max(1, sum(v for (t, _f), v in self.grants.items() if t == team_id))
+            self.weights[team_id] = weight
         usage = (team.usage if team else 0.0) + (self.holding.get(team_id, 0) + devices) * self.snap.hold_weight_s
         return usage / weight
 

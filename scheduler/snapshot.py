@@ -126,7 +126,7 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
         QuotaGrant.objects.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now), starts_at__lte=now).values_list(
             "team_id", "flavor", "count"),
         UsageLedger.objects.values_list("team_id", "gpu_seconds", "decayed_at"),
-        TeamPolicy.objects.values_list("team_id", "borrow_limit", "lending_limit"),
+        TeamPolicy.objects.values_list("team_id", "borrow_limit", "lending_limit", "fair_share_weight"),
         Reservation.objects.filter(ends_at__gt=now).values_list("id", "team_id", "flavor", "count", "starts_at", "ends_at"),
     ]
     (node_rows, gpu_rows, slice_rows, live_rows, pending_rows, grant_rows, usage_rows, policy_rows,
@@ -164,8 +164,8 @@ def snapshot_build(*, now: datetime.datetime | None = None) -> DbSnapshot:
     usage: dict[int, float] = {}
     for team_id, gpu_seconds, decayed_at in usage_rows:
         usage[team_id] = usage.get(team_id, 0.0) + decay(gpu_seconds, (now - decayed_at).total_seconds())
-    teams = [engine.TeamIn(id=team_id, borrow_limit=borrow, lending_limit=lend, usage=usage.get(team_id, 0.0))
-             for team_id, borrow, lend in policy_rows]
+    teams = [engine.TeamIn(id=team_id, borrow_limit=borrow, lending_limit=lend, usage=usage.get(team_id, 0.0), weight=weight)
+             for team_id, borrow, lend, weight in policy_rows]
 
     reservations = [engine.ReservationIn(id=i, team_id=t, flavor=f, count=c, starts_at=s.timestamp(), ends_at=e.timestamp())
                     for i, t, f, c, s, e in reservation_rows]

@@ -392,3 +392,20 @@ def test_reclaim_with_the_pool_used_up_takes_borrowed_gpus_from_any_node():
 
     f.options["fair_reclaim"] = False
     assert f.decide().preemptions == []
+
+
+def test_a_team_fair_share_weight_replaces_its_grants_as_its_weight():
+    def order(weight_of_1):
+        f = Fleet()
+        f.node(8)
+        f.team(1, H100=1, borrow_limit=8, usage=300 * 3600.0)
+        f.teams[1] = E.TeamIn(id=1, borrow_limit=8, usage=300 * 3600.0, weight=weight_of_1)
+        f.team(2, H100=1, borrow_limit=8, usage=100 * 3600.0)
+        one = f.want(1, 2, priority=50, age_s=500)
+        two = f.want(2, 2, priority=50, age_s=100)
+        return f.decide().order, one, two
+
+    got, one, two = order(None)
+    assert got == [two, one], "same grants: the team that used less goes first"
+    got, one, two = order(4)
+    assert got == [one, two], "weight 4 against 1 granted GPU: 300 GPU-hours per 4 is less than 100 per 1"

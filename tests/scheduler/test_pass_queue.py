@@ -185,3 +185,12 @@ def test_request_devices_and_live_allocations_selectors(team, member, django_ass
     with django_assert_max_num_queries(1):
         rows = [(a.node.name, a.team.slug, a.request.flavor, a.gpu or a.mig_slice.gpu) for a in live_allocations(team=team)]
     assert len(rows) == 3
+
+
+def test_the_snapshot_carries_each_team_fair_share_weight(team, other_team):
+    from governance.models import TeamPolicy
+    from scheduler.snapshot import snapshot_build
+
+    TeamPolicy.objects.filter(team=team).update(fair_share_weight=3)
+    weights = {t.id: t.weight for t in snapshot_build().engine.teams}
+    assert weights[team.pk] == 3 and weights[other_team.pk] is None
