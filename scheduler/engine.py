@@ -611,9 +611,9 @@ class _Pass:
                 continue
             if not r.same_node or r.count > self.max_per_node.get(flavor, 0) or r.count <= self._top_free(flavor):
                 continue
-            seen.add(flavor)
             if not within.get(r.id, False) and self._quota_block(r) is not None:
                 continue
+            seen.add(flavor)
             node_id = self._earliest_node(r)
             if node_id is not None:
                 plans[flavor] = (position, {node_id})

@@ -409,3 +409,22 @@ def test_a_team_fair_share_weight_replaces_its_grants_as_its_weight():
     assert got == [two, one], "same grants: the team that used less goes first"
     got, one, two = order(4)
     assert got == [one, two], "weight 4 against 1 granted GPU: 300 GPU-hours per 4 is less than 100 per 1"
+
+
+def test_the_drain_is_for_the_first_large_request_quota_lets_run():
+    f = Fleet()
+    a = f.node(4)
+    b = f.node(4)
+    f.hold(a[1:], 9, ends_in_s=3600)  # node a frees first
+    f.hold(b[2:], 9, ends_in_s=5 * 3600)
+    f.team(1, H100=1)
+    f.team(2, H100=1, usage=0)  # may not borrow: its 4-GPU request waits for quota, no drain for it
+    f.team(3, H100=1, borrow_limit=4, usage=100 * 3600.0)
+    f.team(9, H100=8)
+    small = f.want(1, 1, age_s=10)
+    blocked = f.want(2, 4, age_s=2000)
+    large = f.want(3, 4, age_s=1000)
+    d = f.decide()
+    assert d.order.index(blocked) < d.order.index(large)
+    assert codes(d, blocked) == ["waiting_for_quota"]
+    assert placed(d)[small][0] in b, "node a drains for team 3's request"
