@@ -51,6 +51,6 @@ beat: install
 	$(VENV)/bin/celery -A portal beat -l info --schedule .local/celerybeat-schedule
 
 bench: install
-	$(PY) bench/scheduler.py
+	$(PY) bench/scheduler.py --seeds 10
 	$(PY) bench/telemetry.py
 	$(PY) bench/launch.py

@@ -21,6 +21,11 @@
    - inst_gap: the worst team's |got - fair| / fair where `fair` is the instantaneous weighted max-min
      share, accumulated only while a flavor is contended (some team waits for it)
 
+`--seeds N` also runs the engine and the FIFO baseline on N more traces (seeds 1..N, same shape) and
+prints each one's figures and their spread on [trace seeds] lines: how robust the trace figures are
+to the draw. The key=value line keeps the figures of the bench's own trace (seed 11) and adds the
+spread: seeds_fairness_gap_mean, seeds_fairness_gap_max, seeds_util_vs_bound_min.
+
 `--tiny` runs a very small version (the test suite uses it to check the script works).
 No figure here is asserted anywhere: they are measured and printed.
 """
@@ -30,6 +35,7 @@ import heapq
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -450,11 +456,38 @@ def _fifo_step(pending, free_keys, dev_by_key, nodes):
     return out
 
 
+TRACE_SEED = 11
+
+
+def seed_runs(count: int, teams: int, capacity: dict[str, int], days: float, nodes, devices) -> dict:
+    """The engine and the FIFO baseline on `count` more traces of the same shape: each one's figures,
+    then their spread."""
+    runs, fifo_gaps = [], []
+    for seed in range(1, count + 1):
+        jobs, weights, horizon = make_trace(teams=teams, capacity=capacity, days=days, load=0.95, seed=seed)
+        run = simulate("engine", jobs, weights, nodes, devices, horizon)
+        fifo = simulate("fifo", jobs, weights, nodes, devices, horizon)
+        runs.append(run)
+        fifo_gaps.append(fifo["fairness_gap"])
+        print(f"[trace seeds] seed {seed}: util_vs_bound {run['util_vs_bound']:.3f} (fifo {fifo['util_vs_bound']:.3f}), "
+              f"fairness_gap {run['fairness_gap']:.3f} (fifo {fifo['fairness_gap']:.3f}), "
+              f"interactive p95 wait {run['interactive_p95_wait_s']:.0f} s", flush=True)
+    gaps = sorted(run["fairness_gap"] for run in runs)
+    utils = [run["util_vs_bound"] for run in runs]
+    print(f"[trace seeds] {count} traces: fairness_gap mean {sum(gaps) / count:.3f} (fifo {sum(fifo_gaps) / count:.3f}), "
+          f"median {statistics.median(gaps):.3f}, max {gaps[-1]:.3f}, {sum(g > 0.05 for g in gaps)} above 0.05; "
+          f"util_vs_bound min {min(utils):.3f}, mean {sum(utils) / count:.3f}; "
+          f"interactive p95 wait max {max(run['interactive_p95_wait_s'] for run in runs):.0f} s")
+    return {"seeds_fairness_gap_mean": sum(gaps) / count, "seeds_fairness_gap_max": gaps[-1], "seeds_util_vs_bound_min": min(utils)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a very small run that only checks the script works")
     parser.add_argument("--skip-db", action="store_true", help="skip the database pass (trace simulation only)")
     parser.add_argument("--skip-trace", action="store_true", help="skip the trace simulation (database pass only)")
+    parser.add_argument("--seeds", type=int, default=0, metavar="N",
+                        help="also run the engine on N more traces (seeds 1..N) and print the spread of their figures")
     args = parser.parse_args(argv)
     if args.tiny:
         nodes, pending, teams, repeats = 16, 200, 5, 1
@@ -474,7 +507,7 @@ def main(argv=None) -> int:
         return 0
     sim_n, sim_d = sim_fleet(sim_nodes)
     capacity = {f: n * 8 for f, n in sim_nodes.items()}
-    jobs, weights, horizon = make_trace(teams=sim_teams, capacity=capacity, days=days, load=0.95, seed=11)
+    jobs, weights, horizon = make_trace(teams=sim_teams, capacity=capacity, days=days, load=0.95, seed=TRACE_SEED)
     print(f"[trace] {len(jobs)} jobs over {days:g} days, {sim_teams} teams, {sum(capacity.values())} GPUs, offered load 0.95")
     engine_run = simulate("engine", jobs, weights, sim_n, sim_d, horizon)
     fifo_run = simulate("fifo", jobs, weights, sim_n, sim_d, horizon)
@@ -483,10 +516,12 @@ def main(argv=None) -> int:
               f"fairness_gap {run['fairness_gap']:.3f} (in share points of all GPU-hours {run['fairness_share_gap']:.4f}), inst_gap {run['inst_gap']:.3f}, "
               f"interactive p95 wait {run['interactive_p95_wait_s']:.0f} s, never started {run['interactive_never_started']}, "
               f"{run['passes']} passes, mean {run['mean_pass_ms']:.2f} ms")
+    spread = seed_runs(args.seeds, sim_teams, capacity, days, sim_n, sim_d) if args.seeds > 0 else {}
     line = (f"placements_per_s={figures['placements_per_s']:.0f} pass_ms={figures['pass_ms']:.0f} "
             f"decide_ms={figures['decide_ms']:.0f} util_vs_bound={engine_run['util_vs_bound']:.3f} "
             f"fifo_util_vs_bound={fifo_run['util_vs_bound']:.3f} fairness_gap={engine_run['fairness_gap']:.3f} "
             f"interactive_p95_wait_s={engine_run['interactive_p95_wait_s']:.0f}")
+    line += "".join(f" {key}={value:.3f}" for key, value in spread.items())
     print(line)
     return 0
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ["placements_per_s", "pass_ms", "decide_ms", "util_vs_bound", "fifo_util_vs_bound", "fairness_gap", "interactive_p95_wait_s"]
+KEYS = ["placements_per_s", "pass_ms", "decide_ms", "util_vs_bound", "fifo_util_vs_bound", "fairness_gap", "interactive_p95_wait_s",
+        "seeds_fairness_gap_mean", "seeds_fairness_gap_max", "seeds_util_vs_bound_min"]
 
 
 @pytest.mark.timeout(300)
 def test_bench_scheduler_tiny_runs_and_reports_every_figure():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scheduler.py"), "--tiny"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scheduler.py"), "--tiny", "--seeds", "2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
@@ -22,3 +23,6 @@ def test_bench_scheduler_tiny_runs_and_reports_every_figure():
     for key in KEYS:
         float(pairs[key])  # every figure is a number
     assert "[pass]" in proc.stdout and "[trace]" in proc.stdout
+    seed_lines = [line for line in proc.stdout.splitlines() if line.startswith("[trace seeds]")]
+    assert [line.split(":")[0] for line in seed_lines[:2]] == ["[trace seeds] seed 1", "[trace seeds] seed 2"]
+    assert "2 traces: fairness_gap mean" in seed_lines[2]
