@@ -26,6 +26,13 @@ prints each one's figures and their spread on [trace seeds] lines: how robust th
 to the draw. The key=value line keeps the figures of the bench's own trace (seed 11) and adds the
 spread: seeds_fairness_gap_mean, seeds_fairness_gap_max, seeds_util_vs_bound_min.
 
+Also printed, for reference: two idealised schedulers on the same trace (`fluid_reference`): jobs
+divisible across any GPUs of the flavor, preemption instant and free, no grants. "max-min" splits
+each flavor by weighted max-min every minute (instantaneous fair share); "attained share" serves teams
+strictly by decayed GPU-seconds used per unit of weight (the order the engine follows).
+fluid_fairness_gap is the latter's fairness_gap: what fairness the trace allows once packing,
+non-preemptible work, minimum runtimes and grants are taken away.
+
 `--tiny` runs a very small version (the test suite uses it to check the script works).
 No figure here is asserted anywhere: they are measured and printed.
 """
@@ -413,6 +420,71 @@ def _waterfill(total: float, demand: dict[int, float], weight: dict[int, float])
     return fair
 
 
+def fluid_reference(policy: str, jobs: list[Job], weights: list[int], capacity: dict[str, int], horizon: float, *,
+                    step: float = 60.0, half_life_s: float | None = 7 * 86400) -> dict:
+    """An idealised scheduler on the same trace, for reference: jobs are divisible (any number of a
+    flavor's GPUs, on no particular node), preemption is instant and free, nothing is ever
+    non-preemptible and there are no grants. Every `step` seconds each flavor's GPUs are split among
+    the teams with work waiting or running:
+    - "maxmin": weighted max-min of what they want now (instantaneous fair share, what Kueue's and
+      KAI's fair sharing aim for);
+    - "attained": strictly by GPU-seconds used per unit of weight, least first, decayed with
+      `half_life_s` (None: no decay), which is the order our engine's fair share follows.
+    Within a team, jobs are served oldest first. Returns the same fairness_gap and util_vs_bound as
+    `simulate`, so the engine's figures can be read against what no packing constraint limits."""
+    weight = {t: w for t, w in enumerate(weights, start=1)}
+    left = {j.id: j.work for j in jobs}  # seconds of work left at full width
+    active: dict[tuple[int, str], list[Job]] = {}
+    used = {t: 0.0 for t in weight}
+    standing = {t: 0.0 for t in weight}
+    decay = math.pow(0.5, step / half_life_s) if half_life_s else 1.0
+    arrived = 0
+    now = 0.0
+    while now < horizon:
+        while arrived < len(jobs) and jobs[arrived].arrival <= now:
+            job = jobs[arrived]
+            active.setdefault((job.team, job.flavor), []).append(job)
+            arrived += 1
+        for flavor, cap in capacity.items():
+            want = {t: sum(j.count for j in active[(t, flavor)]) for t in weight if active.get((t, flavor))}
+            if not want:
+                continue
+            if policy == "maxmin":
+                share = _waterfill(cap, want, weight)
+            else:
+                share, free = {}, cap
+                for t in sorted(want, key=lambda t: (standing[t] / weight[t], t)):
+                    share[t] = min(want[t], free)
+                    free -= share[t]
+                    if free <= 0:
+                        break
+            for t, gpus in share.items():
+                queue = active[(t, flavor)]
+                for job in list(queue):
+                    if gpus <= 0:
+                        break
+                    width = min(job.count, gpus)
+                    gpus -= width
+                    run = min(width / job.count * step, left[job.id])
+                    left[job.id] -= run
+                    used[t] += run * job.count
+                    standing[t] += run * job.count
+                    if left[job.id] <= 1e-9:
+                        queue.remove(job)
+        if decay != 1.0:
+            for t in standing:
+                standing[t] *= decay
+        now += step
+    demand = {t: 0.0 for t in weight}
+    for j in jobs:
+        demand[j.team] += j.count * min(j.work, horizon - j.arrival)
+    delivered = sum(used.values())
+    fair = _waterfill(delivered, demand, weight)
+    bound = min(sum(capacity.values()) * horizon, sum(demand.values()))
+    return {"fairness_gap": max((abs(used[t] - fair[t]) / fair[t] for t in weight if fair[t] > 0), default=0.0),
+            "util_vs_bound": delivered / bound if bound else 0.0}
+
+
 def _engine_step(now, pending, running, nodes, devices, grants, usage, capacity, grace_s, min_runtime_s, weights):
     """One pass of the engine. Teams carry their fair-share weights (the grants are those weights'
     rounded split of each flavor: a weight-1 team of 50 gets 0 or 1 of 64 A100s)."""
@@ -462,23 +534,31 @@ TRACE_SEED = 11
 def seed_runs(count: int, teams: int, capacity: dict[str, int], days: float, nodes, devices) -> dict:
     """The engine and the FIFO baseline on `count` more traces of the same shape: each one's figures,
     then their spread."""
-    runs, fifo_gaps = [], []
+    runs, fifo_gaps, ideal = [], [], {"maxmin": [], "attained": []}
     for seed in range(1, count + 1):
         jobs, weights, horizon = make_trace(teams=teams, capacity=capacity, days=days, load=0.95, seed=seed)
         run = simulate("engine", jobs, weights, nodes, devices, horizon)
         fifo = simulate("fifo", jobs, weights, nodes, devices, horizon)
+        for policy, gaps in ideal.items():
+            gaps.append(fluid_reference(policy, jobs, weights, capacity, horizon)["fairness_gap"])
         runs.append(run)
         fifo_gaps.append(fifo["fairness_gap"])
         print(f"[trace seeds] seed {seed}: util_vs_bound {run['util_vs_bound']:.3f} (fifo {fifo['util_vs_bound']:.3f}), "
-              f"fairness_gap {run['fairness_gap']:.3f} (fifo {fifo['fairness_gap']:.3f}), "
+              f"fairness_gap {run['fairness_gap']:.3f} (fifo {fifo['fairness_gap']:.3f}; fluid ideals: max-min "
+              f"{ideal['maxmin'][-1]:.3f}, attained share {ideal['attained'][-1]:.3f}), "
               f"interactive p95 wait {run['interactive_p95_wait_s']:.0f} s", flush=True)
     gaps = sorted(run["fairness_gap"] for run in runs)
     utils = [run["util_vs_bound"] for run in runs]
-    print(f"[trace seeds] {count} traces: fairness_gap mean {sum(gaps) / count:.3f} (fifo {sum(fifo_gaps) / count:.3f}), "
-          f"median {statistics.median(gaps):.3f}, max {gaps[-1]:.3f}, {sum(g > 0.05 for g in gaps)} above 0.05; "
+
+    def spread(values: list[float]) -> str:
+        return f"mean {sum(values) / count:.3f}, max {max(values):.3f}, {sum(v > 0.05 for v in values)} above 0.05"
+
+    print(f"[trace seeds] {count} traces: fairness_gap {spread(gaps)}, median {statistics.median(gaps):.3f}; "
+          f"fifo {spread(fifo_gaps)}; fluid max-min {spread(ideal['maxmin'])}; fluid attained share {spread(ideal['attained'])}; "
           f"util_vs_bound min {min(utils):.3f}, mean {sum(utils) / count:.3f}; "
           f"interactive p95 wait max {max(run['interactive_p95_wait_s'] for run in runs):.0f} s")
-    return {"seeds_fairness_gap_mean": sum(gaps) / count, "seeds_fairness_gap_max": gaps[-1], "seeds_util_vs_bound_min": min(utils)}
+    return {"seeds_fairness_gap_mean": sum(gaps) / count, "seeds_fairness_gap_max": gaps[-1], "seeds_util_vs_bound_min": min(utils),
+            "seeds_fluid_fairness_gap_mean": sum(ideal["attained"]) / count}
 
 
 def main(argv=None) -> int:
@@ -516,11 +596,16 @@ def main(argv=None) -> int:
               f"fairness_gap {run['fairness_gap']:.3f} (in share points of all GPU-hours {run['fairness_share_gap']:.4f}), inst_gap {run['inst_gap']:.3f}, "
               f"interactive p95 wait {run['interactive_p95_wait_s']:.0f} s, never started {run['interactive_never_started']}, "
               f"{run['passes']} passes, mean {run['mean_pass_ms']:.2f} ms")
+    fluid = {policy: fluid_reference(policy, jobs, weights, capacity, horizon) for policy in ("maxmin", "attained")}
+    print(f"[trace] fluid ideals (divisible jobs, free preemption, no grants): max-min fairness_gap "
+          f"{fluid['maxmin']['fairness_gap']:.3f}, attained share fairness_gap {fluid['attained']['fairness_gap']:.3f} "
+          f"(util_vs_bound {fluid['attained']['util_vs_bound']:.3f})")
     spread = seed_runs(args.seeds, sim_teams, capacity, days, sim_n, sim_d) if args.seeds > 0 else {}
     line = (f"placements_per_s={figures['placements_per_s']:.0f} pass_ms={figures['pass_ms']:.0f} "
             f"decide_ms={figures['decide_ms']:.0f} util_vs_bound={engine_run['util_vs_bound']:.3f} "
             f"fifo_util_vs_bound={fifo_run['util_vs_bound']:.3f} fairness_gap={engine_run['fairness_gap']:.3f} "
-            f"interactive_p95_wait_s={engine_run['interactive_p95_wait_s']:.0f}")
+            f"interactive_p95_wait_s={engine_run['interactive_p95_wait_s']:.0f} "
+            f"fluid_fairness_gap={fluid['attained']['fairness_gap']:.3f}")
     line += "".join(f" {key}={value:.3f}" for key, value in spread.items())
     print(line)
     return 0

@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ["placements_per_s", "pass_ms", "decide_ms", "util_vs_bound", "fifo_util_vs_bound", "fairness_gap", "interactive_p95_wait_s",
-        "seeds_fairness_gap_mean", "seeds_fairness_gap_max", "seeds_util_vs_bound_min"]
+        "fluid_fairness_gap",
+        "seeds_fairness_gap_mean", "seeds_fairness_gap_max", "seeds_util_vs_bound_min", "seeds_fluid_fairness_gap_mean"]
 
 
 @pytest.mark.timeout(300)
@@ -26,3 +27,29 @@ def test_bench_scheduler_tiny_runs_and_reports_every_figure():
     seed_lines = [line for line in proc.stdout.splitlines() if line.startswith("[trace seeds]")]
     assert [line.split(":")[0] for line in seed_lines[:2]] == ["[trace seeds] seed 1", "[trace seeds] seed 2"]
     assert "2 traces: fairness_gap mean" in seed_lines[2]
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scheduler", ROOT / "bench" / "scheduler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fluid_reference_splits_by_weight_and_by_attained_share():
+    bench = _bench_module()
+    hour = 3600.0
+    # Two teams that each want all 4 GPUs for the whole hour; team 2 weighs three times team 1.
+    jobs = [bench.Job(1, 1, "H100", 4, 50, True, False, 0.0, 10 * hour, 10 * hour),
+            bench.Job(2, 2, "H100", 4, 50, True, False, 0.0, 10 * hour, 10 * hour)]
+    maxmin = bench.fluid_reference("maxmin", jobs, [1, 3], {"H100": 4}, hour)
+    assert maxmin["fairness_gap"] == pytest.approx(0.0, abs=1e-9)  # 1 GPU and 3 GPUs all along
+    assert maxmin["util_vs_bound"] == pytest.approx(1.0)
+    attained = bench.fluid_reference("attained", jobs, [1, 3], {"H100": 4}, hour, half_life_s=None)
+    assert attained["fairness_gap"] < 0.05  # strict turns by used/weight land close to 1:3
+    # A team that asks for less than its weighted share gets all it asks; the other takes the rest.
+    small = [bench.Job(1, 1, "H100", 1, 50, True, False, 0.0, 10 * hour, 10 * hour),
+             bench.Job(2, 2, "H100", 4, 50, True, False, 0.0, 10 * hour, 10 * hour)]
+    assert bench.fluid_reference("maxmin", small, [3, 1], {"H100": 4}, hour)["fairness_gap"] == pytest.approx(0.0, abs=1e-9)
