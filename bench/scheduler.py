@@ -24,7 +24,8 @@
 `--seeds N` also runs the engine and the FIFO baseline on N more traces (seeds 1..N, same shape) and
 prints each one's figures and their spread on [trace seeds] lines: how robust the trace figures are
 to the draw. The key=value line keeps the figures of the bench's own trace (seed 11) and adds the
-spread: seeds_fairness_gap_mean, seeds_fairness_gap_max, seeds_util_vs_bound_min.
+spread: seeds_fairness_gap_mean, seeds_fairness_gap_max, seeds_util_vs_bound_min, and
+seeds_fluid_fairness_gap_mean (see below).
 
 Also printed, for reference: two idealised schedulers on the same trace (`fluid_reference`): jobs
 divisible across any GPUs of the flavor, preemption instant and free, no grants. "max-min" splits
@@ -375,13 +376,8 @@ def simulate(policy: str, jobs: list[Job], weights: list[int], nodes, devices, h
             running[job_id] = (job, keys, node_ids, b, p, preempt_at)
 
     cap_total = sum(capacity.values())
-    demand = {t: 0.0 for t in teams_usage}
-    for j in jobs:
-        demand[j.team] += j.count * min(j.work, horizon - j.arrival)
-    bound = min(cap_total * horizon, sum(demand.values()))
+    demand, fair, fairness_gap, bound = week_fairness(used_gpu_s, jobs, weights, horizon, cap_total)
     used = sum(used_gpu_s.values())
-    fair = _waterfill(used, demand, {t: weights[t - 1] for t in demand})
-    gaps = [abs(used_gpu_s[t] - fair[t]) / fair[t] for t in demand if fair[t] > 0]
     inst_gaps = {t: (inst_got[t] - inst_fair[t]) / inst_fair[t] for t in demand if inst_fair[t] > 0}
 
     waits_interactive.sort()
@@ -393,11 +389,23 @@ def simulate(policy: str, jobs: list[Job], weights: list[int], nodes, devices, h
     if os.environ.get("BENCH_TEAMS"):
         for t in sorted(inst_gaps, key=lambda t: -abs(inst_gaps[t]))[:8]:
             print(f"  team {t}: weight {weights[t - 1]}, contended fair {inst_fair[t] / 3600:.0f} GPU-h, got {inst_got[t] / 3600:.0f} ({inst_gaps[t]:+.3f})")
-    return {"util": used / (cap_total * horizon), "util_vs_bound": used / bound, "fairness_gap": max(gaps, default=0.0),
+    return {"util": used / (cap_total * horizon), "util_vs_bound": used / bound, "fairness_gap": fairness_gap,
             "inst_gap": max((abs(g) for g in inst_gaps.values()), default=0.0),
             "fairness_share_gap": max(abs(used_gpu_s[t] - fair[t]) / used for t in demand) if used else 0.0,
             "interactive_p95_wait_s": p95, "interactive_never_started": len(never), "passes": passes,
             "mean_pass_ms": decide_s / max(passes, 1) * 1000, "jobs": len(jobs)}
+
+
+def week_fairness(used: dict[int, float], jobs: list[Job], weights: list[int], horizon: float, cap_total: int):
+    """The trace's fairness figure: each team's demand (its jobs' GPU-seconds inside the horizon had
+    they started on arrival), its fair share (the weighted max-min split of the GPU-seconds delivered,
+    capped by demand), the worst team's |got - fair| / fair, and the offered load's upper bound."""
+    demand = {t: 0.0 for t in used}
+    for j in jobs:
+        demand[j.team] += j.count * min(j.work, horizon - j.arrival)
+    fair = _waterfill(sum(used.values()), demand, {t: weights[t - 1] for t in demand})
+    gap = max((abs(used[t] - fair[t]) / fair[t] for t in demand if fair[t] > 0), default=0.0)
+    return demand, fair, gap, min(cap_total * horizon, sum(demand.values()))
 
 
 def _waterfill(total: float, demand: dict[int, float], weight: dict[int, float]) -> dict[int, float]:
@@ -475,14 +483,8 @@ def fluid_reference(policy: str, jobs: list[Job], weights: list[int], capacity: 
             for t in standing:
                 standing[t] *= decay
         now += step
-    demand = {t: 0.0 for t in weight}
-    for j in jobs:
-        demand[j.team] += j.count * min(j.work, horizon - j.arrival)
-    delivered = sum(used.values())
-    fair = _waterfill(delivered, demand, weight)
-    bound = min(sum(capacity.values()) * horizon, sum(demand.values()))
-    return {"fairness_gap": max((abs(used[t] - fair[t]) / fair[t] for t in weight if fair[t] > 0), default=0.0),
-            "util_vs_bound": delivered / bound if bound else 0.0}
+    _demand, _fair, fairness_gap, bound = week_fairness(used, jobs, weights, horizon, sum(capacity.values()))
+    return {"fairness_gap": fairness_gap, "util_vs_bound": sum(used.values()) / bound if bound else 0.0}
 
 
 def _engine_step(now, pending, running, nodes, devices, grants, usage, capacity, grace_s, min_runtime_s, weights):
